@@ -1,0 +1,22 @@
+# Every target that needs Postgres goes through scripts/with-postgres.sh,
+# which reuses TEST_DATABASE_URL / DATABASE_URL or starts a throwaway cluster.
+GO ?= go
+WITH_PG := scripts/with-postgres.sh
+
+.PHONY: test demo bench build lint
+
+test: ## run the whole test suite against a real Postgres
+	$(WITH_PG) $(GO) test -race -count=1 ./...
+
+demo: ## run the worker against the built-in Prolific simulator
+	$(WITH_PG) $(GO) run ./cmd/worker demo
+
+bench: ## run the benchmarks recorded in BENCHMARKS.md
+	$(WITH_PG) $(GO) test -run '^$$' -bench . -benchmem ./...
+
+build: ## a static binary in bin/worker
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/worker ./cmd/worker
+
+lint: ## formatting and vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...

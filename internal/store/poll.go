@@ -1,0 +1,318 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+)
+
+// ClaimedStudy is a study leased to one poller until it records the poll.
+type ClaimedStudy struct {
+	ID     string
+	Name   string
+	Status string
+}
+
+// ClaimDueStudies leases up to limit watched studies whose next poll time has
+// passed and that no live lease holds. Rows another replica is claiming at the
+// same moment are skipped, so each due study goes to exactly one poller.
+func (s *Store) ClaimDueStudies(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]ClaimedStudy, error) {
+	rows, err := s.pool.Query(ctx, `
+		WITH due AS (
+			SELECT id FROM studies
+			WHERE next_poll_at <= $1
+			  AND (lease_until IS NULL OR lease_until < $1)
+			  AND EXISTS (SELECT 1 FROM watches w WHERE w.study_id = studies.id)
+			ORDER BY next_poll_at, id
+			LIMIT $4
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE studies s SET lease_owner = $2, lease_until = $3
+		FROM due WHERE s.id = due.id
+		RETURNING s.id, s.name, s.status`,
+		now, owner, now.Add(lease), limit)
+	if err != nil {
+		return nil, fmt.Errorf("claiming due studies: %w", err)
+	}
+	claimed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ClaimedStudy])
+	if err != nil {
+		return nil, fmt.Errorf("claiming due studies: %w", err)
+	}
+	return claimed, nil
+}
+
+// ReleaseStudy gives up owner's lease without recording a poll, so another
+// poller may take the study at once (used when a poll is abandoned on shutdown).
+func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE studies SET lease_owner = NULL, lease_until = NULL
+		WHERE id = $1 AND lease_owner = $2`, studyID, owner)
+	if err != nil {
+		return fmt.Errorf("releasing study %s: %w", studyID, err)
+	}
+	return nil
+}
+
+// PollSoon makes a watched study due at now, for a webhook that says it
+// changed. It reports whether the study is watched. The poll itself still goes
+// through ClaimDueStudies, so replicas never poll it twice.
+func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
+		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END
+		WHERE id = $1`, studyID, now, status)
+	if err != nil {
+		return false, fmt.Errorf("scheduling poll of study %s: %w", studyID, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// PollState is what the rules need from the database before evaluating a poll.
+type PollState struct {
+	// State is the rules state carried from the previous poll.
+	State rules.StudyState
+	// StallAfter is the shortest stall-after override among the study's
+	// watches, 0 when none overrides the worker default.
+	StallAfter time.Duration
+}
+
+// Evaluator turns the stored state into the next state and the transitions
+// to notify. The store calls it inside the poll's transaction.
+type Evaluator func(PollState) (rules.StudyState, []rules.Transition)
+
+// PollRecord is one finished poll of a claimed study.
+type PollRecord struct {
+	StudyID string
+	Owner   string
+	At      time.Time
+	// Name is the study name Prolific returned ("" keeps the stored one).
+	Name string
+	// OK is true when the poll produced an observation.
+	OK bool
+	// Error describes a failed poll ("" when OK).
+	Error string
+	// NextPollAt is when the study becomes due again.
+	NextPollAt time.Time
+	// Note explains an unusual schedule (for example a completed study polled rarely).
+	Note string
+}
+
+// PollResult says what RecordPoll wrote.
+type PollResult struct {
+	// ObservationWritten is true when progress differed from the previous observation.
+	ObservationWritten bool
+	// Transitions are the rule transitions stored (and queued for every watching channel).
+	Transitions []rules.Transition
+	// Queued is the number of outbox messages written.
+	Queued int
+	// Lost is true when the lease had passed to another poller, so nothing was written.
+	Lost bool
+}
+
+// RecordPoll stores one poll in a single transaction: it locks the study,
+// loads the previous state, runs eval, writes the observation when progress
+// changed, opens and resolves alerts, queues one outbox message per
+// transition and watching channel, and updates the study's poll outcome and
+// schedule. Either all of it happens or none of it.
+func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) (PollResult, error) {
+	var res PollResult
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var (
+			prev        PollState
+			leaseOwner  *string
+			stallSince  *time.Time
+			name        string
+			stallAfterS int64
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT s.name, s.status, s.consecutive_failures, s.stall_since, s.lease_owner,
+			       coalesce((SELECT min(stall_after_seconds) FROM watches w WHERE w.study_id = s.id), 0)
+			FROM studies s WHERE s.id = $1 FOR UPDATE`, rec.StudyID).
+			Scan(&name, &prev.State.Status, &prev.State.ConsecutiveFailures, &stallSince, &leaseOwner, &stallAfterS)
+		if err != nil {
+			return fmt.Errorf("locking study: %w", notFound(err))
+		}
+		if leaseOwner == nil || *leaseOwner != rec.Owner {
+			res.Lost = true
+			return nil
+		}
+		if stallSince != nil {
+			prev.State.StallSince = *stallSince
+		}
+		prev.StallAfter = time.Duration(stallAfterS) * time.Second
+		if prev.State.URLs, err = lastObservation(ctx, tx, rec.StudyID); err != nil {
+			return err
+		}
+		if prev.State.Open, err = openAlerts(ctx, tx, rec.StudyID); err != nil {
+			return err
+		}
+
+		next, transitions := eval(prev)
+
+		if rec.OK && !slices.Equal(prev.State.URLs, next.URLs) {
+			if err := insertObservation(ctx, tx, rec.StudyID, rec.At, next.URLs); err != nil {
+				return err
+			}
+			res.ObservationWritten = true
+		}
+		name = cmp.Or(rec.Name, name)
+		queued, err := writeTransitions(ctx, tx, rec.StudyID, name, transitions)
+		if err != nil {
+			return err
+		}
+		if len(transitions) == 0 && !res.ObservationWritten {
+			// Only bookkeeping changed: losing it in a database crash costs
+			// nothing, because the next poll recomputes the same state.
+			if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+				return fmt.Errorf("relaxing commit: %w", err)
+			}
+		}
+		var nextStallSince *time.Time
+		if !next.StallSince.IsZero() {
+			nextStallSince = &next.StallSince
+		}
+		_, err = tx.Exec(ctx, `
+			UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
+			       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
+			       next_poll_at = $10, lease_owner = NULL, lease_until = NULL
+			WHERE id = $1`,
+			rec.StudyID, name, next.Status, next.ConsecutiveFailures, nextStallSince,
+			rec.At, rec.OK, rec.Error, rec.Note, rec.NextPollAt)
+		if err != nil {
+			return fmt.Errorf("updating study: %w", err)
+		}
+		res.Transitions, res.Queued = transitions, queued
+		return nil
+	})
+	if err != nil {
+		return PollResult{}, fmt.Errorf("recording poll of study %s: %w", rec.StudyID, err)
+	}
+	return res, nil
+}
+
+func lastObservation(ctx context.Context, q querier, studyID string) ([]rules.URLCounts, error) {
+	rows, err := q.Query(ctx, `
+		SELECT progress FROM observations
+		WHERE study_id = $1 ORDER BY observed_at DESC, id DESC LIMIT 1`, studyID)
+	if err != nil {
+		return nil, fmt.Errorf("loading last observation: %w", err)
+	}
+	urls, err := pgx.CollectRows(rows, pgx.RowTo[[]rules.URLCounts])
+	if err != nil {
+		return nil, fmt.Errorf("loading last observation: %w", err)
+	}
+	if len(urls) == 0 {
+		return nil, nil
+	}
+	return urls[0], nil
+}
+
+func insertObservation(ctx context.Context, tx pgx.Tx, studyID string, at time.Time, urls []rules.URLCounts) error {
+	progress, err := json.Marshal(urls)
+	if err != nil {
+		return fmt.Errorf("encoding observation: %w", err)
+	}
+	total := 0
+	for _, u := range urls {
+		total += u.Allocated
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO observations (study_id, observed_at, progress, allocated_total)
+		VALUES ($1, $2, $3, $4)`, studyID, at, progress, total)
+	if err != nil {
+		return fmt.Errorf("inserting observation: %w", err)
+	}
+	return nil
+}
+
+// OutboxPayload is the JSON stored with every outbox message: the transition
+// with the study it belongs to, as the notifier renders it.
+type OutboxPayload struct {
+	StudyID    string           `json:"study_id"`
+	StudyName  string           `json:"study_name"`
+	Transition rules.Transition `json:"transition"`
+}
+
+// writeTransitions opens or resolves the alerts the transitions name and
+// queues one outbox message per transition and watching channel.
+func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName string, transitions []rules.Transition) (int, error) {
+	queued := 0
+	for _, tr := range transitions {
+		var alertID *int64
+		switch tr.State {
+		case rules.Firing:
+			var id int64
+			err := tx.QueryRow(ctx, `
+				INSERT INTO alerts (study_id, rule, external_url, fired_at)
+				VALUES ($1, $2, $3, $4) RETURNING id`,
+				studyID, tr.Rule, tr.ExternalURL, tr.At).Scan(&id)
+			if err != nil {
+				return 0, fmt.Errorf("opening %s alert: %w", tr.Rule, err)
+			}
+			alertID = &id
+		case rules.Resolved:
+			var id int64
+			err := tx.QueryRow(ctx, `
+				UPDATE alerts SET resolved_at = $4
+				WHERE study_id = $1 AND rule = $2 AND external_url = $3 AND resolved_at IS NULL
+				RETURNING id`,
+				studyID, tr.Rule, tr.ExternalURL, tr.At).Scan(&id)
+			if err != nil {
+				return 0, fmt.Errorf("resolving %s alert: %w", tr.Rule, notFound(err))
+			}
+			alertID = &id
+		}
+		payload, err := json.Marshal(OutboxPayload{StudyID: studyID, StudyName: studyName, Transition: tr})
+		if err != nil {
+			return 0, fmt.Errorf("encoding outbox payload: %w", err)
+		}
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO outbox (study_id, alert_id, channel_id, state, payload, created_at, next_attempt_at)
+			SELECT $1, $2, channel_id, $3, $4, $5, $5 FROM watches WHERE study_id = $1`,
+			studyID, alertID, tr.State, payload, tr.At)
+		if err != nil {
+			return 0, fmt.Errorf("queueing %s notification: %w", tr.Rule, err)
+		}
+		queued += int(tag.RowsAffected())
+	}
+	return queued, nil
+}
+
+// Observation is one stored progress observation.
+type Observation struct {
+	ObservedAt     time.Time
+	URLs           []rules.URLCounts
+	AllocatedTotal int
+}
+
+// History returns the study's observations since the given time, oldest
+// first, plus the last one before it (so a chart starts at the right level).
+func (s *Store) History(ctx context.Context, studyID string, since time.Time) ([]Observation, error) {
+	rows, err := s.pool.Query(ctx, `
+		(SELECT observed_at, progress, allocated_total FROM observations
+		 WHERE study_id = $1 AND observed_at < $2
+		 ORDER BY observed_at DESC, id DESC LIMIT 1)
+		UNION ALL
+		(SELECT observed_at, progress, allocated_total FROM observations
+		 WHERE study_id = $1 AND observed_at >= $2)
+		ORDER BY observed_at`, studyID, since)
+	if err != nil {
+		return nil, fmt.Errorf("loading history of study %s: %w", studyID, err)
+	}
+	obs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Observation, error) {
+		var o Observation
+		err := row.Scan(&o.ObservedAt, &o.URLs, &o.AllocatedTotal)
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loading history of study %s: %w", studyID, err)
+	}
+	return obs, nil
+}

@@ -1,0 +1,383 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+)
+
+const (
+	studyA = "60d9aadeb86739de712faee0"
+	studyB = "60aca280709ee40ec37d4885"
+)
+
+var t0 = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+
+func addWatch(t *testing.T, s *store.Store, id, channel string) {
+	t.Helper()
+	if _, err := s.AddWatch(context.Background(), store.StudyInfo{ID: id, Name: "Study " + id[:4], Status: "ACTIVE"},
+		store.Watch{ChannelID: channel}, t0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// keep is an evaluator that stores urls as the observation and changes nothing else.
+func keep(urls []rules.URLCounts) store.Evaluator {
+	return func(p store.PollState) (rules.StudyState, []rules.Transition) {
+		next := p.State
+		next.URLs = urls
+		return next, nil
+	}
+}
+
+func countRows(t *testing.T, dsn, table string) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{table}.Sanitize()).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func openStore(t *testing.T) (*store.Store, string) {
+	t.Helper()
+	dsn := storetest.NewDatabaseURL(t)
+	s, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, dsn
+}
+
+func TestMigrations(t *testing.T) {
+	t.Parallel()
+	dsn := storetest.NewSchema(t)
+	m := store.NewMigrator(dsn)
+
+	st, err := m.Status()
+	if err != nil || st.Version != 0 || st.Current() {
+		t.Fatalf("fresh schema status = %+v, %v; want version 0, not current", st, err)
+	}
+	if st, err = m.Up(); err != nil || !st.Current() {
+		t.Fatalf("Up = %+v, %v; want current", st, err)
+	}
+	if st, err = m.Up(); err != nil || !st.Current() {
+		t.Fatalf("second Up = %+v, %v; want a no-op", st, err)
+	}
+	if st, err = m.Down(); err != nil || st.Version != st.Latest-1 {
+		t.Fatalf("Down = %+v, %v; want one version back", st, err)
+	}
+	if st, err = m.Up(); err != nil || !st.Current() {
+		t.Fatalf("Up after Down = %+v, %v", st, err)
+	}
+}
+
+func TestMigrationsRefuseDirtyAndNewerSchemas(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		version int
+		dirty   bool
+		want    error
+	}{
+		// A migration that failed halfway must stop the worker.
+		{"dirty", 1, true, store.ErrSchemaDirty},
+		// A schema from a newer build must not be touched by an older one.
+		{"newer", 99, false, store.ErrSchemaTooNew},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dsn := storetest.NewDatabaseURL(t)
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			if _, err := conn.Exec(ctx, `UPDATE schema_migrations SET version = $1, dirty = $2`, tt.version, tt.dirty); err != nil {
+				t.Fatal(err)
+			}
+			st, err := store.NewMigrator(dsn).Up()
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Up = %v, want %v", err, tt.want)
+			}
+			if st.Current() {
+				t.Errorf("status %+v reported current", st)
+			}
+			if got := countRows(t, dsn, "studies"); got != 0 {
+				t.Errorf("studies changed: %d rows", got)
+			}
+		})
+	}
+}
+
+func TestAddWatchIsIdempotentAndUpdatesStallAfter(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	info := store.StudyInfo{ID: studyA, Name: "Pilot", Status: "ACTIVE"}
+
+	created, err := s.AddWatch(ctx, info, store.Watch{ChannelID: "C1", AddedBy: "U1"}, t0)
+	if err != nil || !created {
+		t.Fatalf("first AddWatch = %v, %v; want created", created, err)
+	}
+	created, err = s.AddWatch(ctx, info, store.Watch{ChannelID: "C1", AddedBy: "U2", StallAfter: 2 * time.Hour}, t0.Add(time.Minute))
+	if err != nil || created {
+		t.Fatalf("second AddWatch = %v, %v; want updated, not created", created, err)
+	}
+	got, err := s.GetStudy(ctx, studyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Watches) != 1 || got.Watches[0].StallAfter != 2*time.Hour || got.Watches[0].AddedBy != "U2" {
+		t.Errorf("watches = %+v, want one with stall-after 2h added by U2", got.Watches)
+	}
+	if got.Name != "Pilot" || got.Status != "ACTIVE" || !got.NextPollAt.Equal(t0) {
+		t.Errorf("study = %+v", got)
+	}
+}
+
+func TestRemoveWatch(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	addWatch(t, s, studyA, "C2")
+
+	if err := s.RemoveWatch(ctx, studyA, "C9"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("removing an absent watch = %v, want ErrNotFound", err)
+	}
+	if err := s.RemoveWatch(ctx, studyA, "C1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetStudy(ctx, studyA); err != nil {
+		t.Fatalf("study with a remaining watch is gone: %v", err)
+	}
+	if err := s.RemoveWatch(ctx, studyA, "C2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetStudy(ctx, studyA); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("study without watches = %v, want ErrNotFound", err)
+	}
+}
+
+func TestStudiesFiltersByChannel(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	addWatch(t, s, studyB, "C2")
+	addWatch(t, s, studyB, "C1")
+
+	all, err := s.Studies(ctx, "")
+	if err != nil || len(all) != 2 {
+		t.Fatalf("Studies(all) = %d, %v; want 2", len(all), err)
+	}
+	c2, err := s.Studies(ctx, "C2")
+	if err != nil || len(c2) != 1 || c2[0].ID != studyB || len(c2[0].Watches) != 1 || c2[0].Watches[0].ChannelID != "C2" {
+		t.Fatalf("Studies(C2) = %+v, %v; want study B with C2's watch only", c2, err)
+	}
+}
+
+func TestRecordPollWritesObservationsOnlyOnChange(t *testing.T) {
+	t.Parallel()
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	urls := []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 10, Allocated: 4}}
+	moved := []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 10, Allocated: 5}}
+
+	poll := func(i int, urls []rules.URLCounts) store.PollResult {
+		t.Helper()
+		at := t0.Add(time.Duration(i) * time.Minute)
+		if _, err := s.ClaimDueStudies(ctx, "w1", at, time.Minute, 10); err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true, NextPollAt: at}, keep(urls))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	for i := range 10 {
+		res := poll(i, urls)
+		if res.ObservationWritten != (i == 0) {
+			t.Fatalf("poll %d: ObservationWritten = %v", i, res.ObservationWritten)
+		}
+	}
+	if got := countRows(t, dsn, "observations"); got != 1 {
+		t.Fatalf("10 identical polls wrote %d observations, want 1", got)
+	}
+	if res := poll(10, moved); !res.ObservationWritten {
+		t.Fatal("a change was not written")
+	}
+	hist, err := s.History(ctx, studyA, t0.Add(5*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// History starts with the observation in force at the window's start.
+	if len(hist) != 2 || hist[0].AllocatedTotal != 4 || hist[1].AllocatedTotal != 5 {
+		t.Fatalf("History = %+v, want allocated 4 then 5", hist)
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.LastPolledAt.Equal(t0.Add(10*time.Minute)) || !st.LastPollOK {
+		t.Errorf("last poll = %v ok=%v, want every poll recorded", st.LastPolledAt, st.LastPollOK)
+	}
+}
+
+func TestRecordPollStoresTransitionsAndOutboxAtomically(t *testing.T) {
+	t.Parallel()
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	addWatch(t, s, studyA, "C2")
+	fire := rules.Transition{Rule: rules.PollFailing, State: rules.Firing, At: t0, Since: t0}
+
+	claim := func(at time.Time) {
+		t.Helper()
+		if c, err := s.ClaimDueStudies(ctx, "w1", at, time.Minute, 10); err != nil || len(c) != 1 {
+			t.Fatalf("claim = %v, %v", c, err)
+		}
+	}
+	claim(t0)
+	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Error: "boom", NextPollAt: t0},
+		func(p store.PollState) (rules.StudyState, []rules.Transition) {
+			next := p.State
+			next.ConsecutiveFailures++
+			return next, []rules.Transition{fire}
+		})
+	if err != nil || res.Queued != 2 {
+		t.Fatalf("RecordPoll = %+v, %v; want 2 queued", res, err)
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil || len(st.OpenAlerts) != 1 || st.OpenAlerts[0].Rule != rules.PollFailing || st.ConsecutiveFailures != 1 || st.LastError != "boom" {
+		t.Fatalf("study = %+v, %v; want one open poll_failing after one failure", st, err)
+	}
+
+	// A second firing of the same open alert violates the schema's uniqueness:
+	// nothing of that poll may be written.
+	claim(t0.Add(time.Minute))
+	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0.Add(time.Minute), OK: true, NextPollAt: t0},
+		func(p store.PollState) (rules.StudyState, []rules.Transition) {
+			next := p.State
+			next.URLs = []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}
+			return next, []rules.Transition{fire}
+		})
+	if err == nil {
+		t.Fatal("a duplicate open alert was accepted")
+	}
+	if got := countRows(t, dsn, "outbox"); got != 2 {
+		t.Errorf("outbox rows = %d after a failed poll transaction, want 2", got)
+	}
+	if got := countRows(t, dsn, "observations"); got != 0 {
+		t.Errorf("observations = %d after a failed poll transaction, want 0", got)
+	}
+}
+
+func TestRecordPollAfterLostLeaseWritesNothing(t *testing.T) {
+	t.Parallel()
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	if _, err := s.ClaimDueStudies(ctx, "w1", t0, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	// The lease expires and another worker claims the study.
+	if c, err := s.ClaimDueStudies(ctx, "w2", t0.Add(2*time.Minute), time.Minute, 10); err != nil || len(c) != 1 {
+		t.Fatalf("claim after expiry = %v, %v", c, err)
+	}
+	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, OK: true},
+		keep([]rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}))
+	if err != nil || !res.Lost {
+		t.Fatalf("RecordPoll by the old owner = %+v, %v; want Lost", res, err)
+	}
+	if got := countRows(t, dsn, "observations"); got != 0 {
+		t.Errorf("observations = %d, want 0", got)
+	}
+}
+
+func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	var ids []string
+	for i := range 40 {
+		id := []byte("60d9aadeb86739de712fa000")
+		id[21], id[22], id[23] = "0123456789abcdef"[i/16], "0123456789abcdef"[i%16], 'a'
+		ids = append(ids, string(id))
+		addWatch(t, s, string(id), "C1")
+	}
+	var (
+		mu     sync.Mutex
+		seen   = map[string]int{}
+		by     = map[string]string{}
+		wg     sync.WaitGroup
+		owners = []string{"w1", "w2", "w3"}
+	)
+	for _, owner := range owners {
+		wg.Go(func() {
+			for {
+				claimed, err := s.ClaimDueStudies(ctx, owner, t0, time.Minute, 3)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(claimed) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, c := range claimed {
+					seen[c.ID]++
+					by[c.ID] = owner
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != len(ids) {
+		t.Fatalf("claimed %d distinct studies, want %d", len(seen), len(ids))
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("study %s claimed %d times", id, n)
+		}
+	}
+	// Leased studies are not due again until the lease passes or the poll is recorded.
+	if again, err := s.ClaimDueStudies(ctx, "w4", t0.Add(30*time.Second), time.Minute, 100); err != nil || len(again) != 0 {
+		t.Fatalf("claim during leases = %d, %v; want none", len(again), err)
+	}
+	// A release by another owner changes nothing; the owner's release frees the study at once.
+	if err := s.ReleaseStudy(ctx, ids[0], "w9"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.ClaimDueStudies(ctx, "w4", t0, time.Minute, 100); len(again) != 0 {
+		t.Fatal("a release by a non-owner freed the lease")
+	}
+	if err := s.ReleaseStudy(ctx, ids[0], by[ids[0]]); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.ClaimDueStudies(ctx, "w4", t0, time.Minute, 100)
+	if err != nil || len(again) != 1 || again[0].ID != ids[0] {
+		t.Fatalf("claim after the owner's release = %v, %v; want exactly the released study", again, err)
+	}
+}

@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS webhook_events;
+DROP TABLE IF EXISTS slack_channels;
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS alerts;
+DROP TABLE IF EXISTS observations;
+DROP TABLE IF EXISTS watches;
+DROP TABLE IF EXISTS studies;
