@@ -3,6 +3,8 @@ CREATE TABLE studies (
     id                   text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{24}$'),
     name                 text        NOT NULL DEFAULT '',
     status               text        NOT NULL DEFAULT '',
+    -- When status was last read from Prolific; the poller refreshes it only now and then.
+    status_checked_at    timestamptz,
     created_at           timestamptz NOT NULL,
     -- Scheduling: a study is due when next_poll_at has passed and no live lease holds it.
     next_poll_at         timestamptz NOT NULL,

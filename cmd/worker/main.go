@@ -1,17 +1,21 @@
+// Command worker is taskflow-watch: it watches Prolific Taskflow studies and
+// tells Slack when their allocation needs attention. See README.md.
 package main
 
 import (
-	_ "github.com/golang-migrate/migrate/v4"
-	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5"
-	_ "github.com/golang-migrate/migrate/v4/source/iofs"
-	_ "github.com/jackc/pgx/v5/pgxpool"
-	_ "github.com/prometheus/client_golang/prometheus"
-	_ "github.com/robfig/cron/v3"
-	_ "github.com/slack-go/slack"
-	_ "github.com/slack-go/slack/socketmode"
-	_ "github.com/slack-go/slack/slacktest"
-	_ "golang.org/x/sync/errgroup"
-	_ "golang.org/x/time/rate"
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 )
 
-func main() {}
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -11,7 +12,9 @@ import (
 	"github.com/golang-migrate/migrate/v4"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/taskflow-watch/taskflow-watch/migrations"
@@ -186,4 +189,28 @@ func LatestVersion() (uint, error) {
 		latest = max(latest, v)
 	}
 	return uint(latest), nil
+}
+
+// SchemaStatus reads the applied version through the pool, cheaply enough
+// for a readiness probe.
+func (s *Store) SchemaStatus(ctx context.Context) (SchemaStatus, error) {
+	latest, err := LatestVersion()
+	if err != nil {
+		return SchemaStatus{}, err
+	}
+	st := SchemaStatus{Latest: latest}
+	var (
+		version int64
+		dirty   bool
+	)
+	err = s.pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows), errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable:
+		return st, nil
+	case err != nil:
+		return st, fmt.Errorf("reading schema version: %w", err)
+	}
+	st.Version, st.Dirty = uint(version), dirty
+	return st, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 )
@@ -18,16 +19,20 @@ type ClaimedStudy struct {
 	ID     string
 	Name   string
 	Status string
+	// StatusCheckedAt is when the status was last read from Prolific (zero if never).
+	StatusCheckedAt time.Time
 }
 
-// ClaimDueStudies leases up to limit watched studies whose next poll time has
-// passed and that no live lease holds. Rows another replica is claiming at the
-// same moment are skipped, so each due study goes to exactly one poller.
-func (s *Store) ClaimDueStudies(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]ClaimedStudy, error) {
+// ClaimDueStudies leases, until now+lease, up to limit watched studies whose
+// next poll time is at or before dueBy and that no live lease holds. Rows
+// another replica is claiming at the same moment are skipped, so each due
+// study goes to exactly one poller. Passing the cycle's tick as dueBy keeps a
+// study polled during the cycle from being claimed again in the same cycle.
+func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now time.Time, lease time.Duration, limit int) ([]ClaimedStudy, error) {
 	rows, err := s.pool.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM studies
-			WHERE next_poll_at <= $1
+			WHERE next_poll_at <= $5
 			  AND (lease_until IS NULL OR lease_until < $1)
 			  AND EXISTS (SELECT 1 FROM watches w WHERE w.study_id = studies.id)
 			ORDER BY next_poll_at, id
@@ -36,12 +41,22 @@ func (s *Store) ClaimDueStudies(ctx context.Context, owner string, now time.Time
 		)
 		UPDATE studies s SET lease_owner = $2, lease_until = $3
 		FROM due WHERE s.id = due.id
-		RETURNING s.id, s.name, s.status`,
-		now, owner, now.Add(lease), limit)
+		RETURNING s.id, s.name, s.status, coalesce(s.status_checked_at, '-infinity')`,
+		now, owner, now.Add(lease), limit, dueBy)
 	if err != nil {
 		return nil, fmt.Errorf("claiming due studies: %w", err)
 	}
-	claimed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ClaimedStudy])
+	claimed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ClaimedStudy, error) {
+		var (
+			c       ClaimedStudy
+			checked pgtype.Timestamptz
+		)
+		err := row.Scan(&c.ID, &c.Name, &c.Status, &checked)
+		if checked.Valid && checked.InfinityModifier == pgtype.Finite {
+			c.StatusCheckedAt = checked.Time
+		}
+		return c, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("claiming due studies: %w", err)
 	}
@@ -61,12 +76,14 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 }
 
 // PollSoon makes a watched study due at now, for a webhook that says it
-// changed. It reports whether the study is watched. The poll itself still goes
-// through ClaimDueStudies, so replicas never poll it twice.
+// changed; a non-empty status (from a status webhook) is recorded as freshly
+// checked. It reports whether the study is watched. The poll itself still
+// goes through ClaimDueStudies, so replicas never poll it twice.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
-		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END
+		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END,
+		       status_checked_at = CASE WHEN $3 <> '' THEN $2 ELSE status_checked_at END
 		WHERE id = $1`, studyID, now, status)
 	if err != nil {
 		return false, fmt.Errorf("scheduling poll of study %s: %w", studyID, err)
@@ -83,9 +100,22 @@ type PollState struct {
 	StallAfter time.Duration
 }
 
-// Evaluator turns the stored state into the next state and the transitions
-// to notify. The store calls it inside the poll's transaction.
-type Evaluator func(PollState) (rules.StudyState, []rules.Transition)
+// Evaluation is what the poller decides from the stored state.
+type Evaluation struct {
+	// State is the rules state to remember.
+	State rules.StudyState
+	// Transitions are stored and queued for every watching channel.
+	Transitions []rules.Transition
+	// NextPollAt is when the study becomes due again.
+	NextPollAt time.Time
+	// Note explains an unusual schedule (a completed study polled rarely, a back-off).
+	Note string
+}
+
+// Evaluator turns the stored state into the next state, the transitions to
+// notify and the next poll time. The store calls it inside the poll's
+// transaction, so it must not do I/O.
+type Evaluator func(PollState) Evaluation
 
 // PollRecord is one finished poll of a claimed study.
 type PollRecord struct {
@@ -98,10 +128,8 @@ type PollRecord struct {
 	OK bool
 	// Error describes a failed poll ("" when OK).
 	Error string
-	// NextPollAt is when the study becomes due again.
-	NextPollAt time.Time
-	// Note explains an unusual schedule (for example a completed study polled rarely).
-	Note string
+	// StatusChecked is true when this poll read the study's status from Prolific.
+	StatusChecked bool
 }
 
 // PollResult says what RecordPoll wrote.
@@ -154,7 +182,8 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			return err
 		}
 
-		next, transitions := eval(prev)
+		ev := eval(prev)
+		next, transitions := ev.State, ev.Transitions
 
 		if rec.OK && !slices.Equal(prev.State.URLs, next.URLs) {
 			if err := insertObservation(ctx, tx, rec.StudyID, rec.At, next.URLs); err != nil {
@@ -181,10 +210,11 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 		_, err = tx.Exec(ctx, `
 			UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
 			       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
-			       next_poll_at = $10, lease_owner = NULL, lease_until = NULL
+			       next_poll_at = $10, lease_owner = NULL, lease_until = NULL,
+			       status_checked_at = CASE WHEN $11 THEN $6 ELSE status_checked_at END
 			WHERE id = $1`,
 			rec.StudyID, name, next.Status, next.ConsecutiveFailures, nextStallSince,
-			rec.At, rec.OK, rec.Error, rec.Note, rec.NextPollAt)
+			rec.At, rec.OK, rec.Error, ev.Note, ev.NextPollAt, rec.StatusChecked)
 		if err != nil {
 			return fmt.Errorf("updating study: %w", err)
 		}

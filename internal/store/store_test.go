@@ -31,10 +31,10 @@ func addWatch(t *testing.T, s *store.Store, id, channel string) {
 
 // keep is an evaluator that stores urls as the observation and changes nothing else.
 func keep(urls []rules.URLCounts) store.Evaluator {
-	return func(p store.PollState) (rules.StudyState, []rules.Transition) {
+	return func(p store.PollState) store.Evaluation {
 		next := p.State
 		next.URLs = urls
-		return next, nil
+		return store.Evaluation{State: next}
 	}
 }
 
@@ -206,10 +206,10 @@ func TestRecordPollWritesObservationsOnlyOnChange(t *testing.T) {
 	poll := func(i int, urls []rules.URLCounts) store.PollResult {
 		t.Helper()
 		at := t0.Add(time.Duration(i) * time.Minute)
-		if _, err := s.ClaimDueStudies(ctx, "w1", at, time.Minute, 10); err != nil {
+		if _, err := s.ClaimDueStudies(ctx, "w1", at, at, time.Minute, 10); err != nil {
 			t.Fatal(err)
 		}
-		res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true, NextPollAt: at}, keep(urls))
+		res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true}, keep(urls))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,16 +254,16 @@ func TestRecordPollStoresTransitionsAndOutboxAtomically(t *testing.T) {
 
 	claim := func(at time.Time) {
 		t.Helper()
-		if c, err := s.ClaimDueStudies(ctx, "w1", at, time.Minute, 10); err != nil || len(c) != 1 {
+		if c, err := s.ClaimDueStudies(ctx, "w1", at, at, time.Minute, 10); err != nil || len(c) != 1 {
 			t.Fatalf("claim = %v, %v", c, err)
 		}
 	}
 	claim(t0)
-	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Error: "boom", NextPollAt: t0},
-		func(p store.PollState) (rules.StudyState, []rules.Transition) {
+	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Error: "boom"},
+		func(p store.PollState) store.Evaluation {
 			next := p.State
 			next.ConsecutiveFailures++
-			return next, []rules.Transition{fire}
+			return store.Evaluation{State: next, Transitions: []rules.Transition{fire}}
 		})
 	if err != nil || res.Queued != 2 {
 		t.Fatalf("RecordPoll = %+v, %v; want 2 queued", res, err)
@@ -276,11 +276,11 @@ func TestRecordPollStoresTransitionsAndOutboxAtomically(t *testing.T) {
 	// A second firing of the same open alert violates the schema's uniqueness:
 	// nothing of that poll may be written.
 	claim(t0.Add(time.Minute))
-	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0.Add(time.Minute), OK: true, NextPollAt: t0},
-		func(p store.PollState) (rules.StudyState, []rules.Transition) {
+	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0.Add(time.Minute), OK: true},
+		func(p store.PollState) store.Evaluation {
 			next := p.State
 			next.URLs = []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}
-			return next, []rules.Transition{fire}
+			return store.Evaluation{State: next, Transitions: []rules.Transition{fire}}
 		})
 	if err == nil {
 		t.Fatal("a duplicate open alert was accepted")
@@ -298,11 +298,11 @@ func TestRecordPollAfterLostLeaseWritesNothing(t *testing.T) {
 	s, dsn := openStore(t)
 	ctx := context.Background()
 	addWatch(t, s, studyA, "C1")
-	if _, err := s.ClaimDueStudies(ctx, "w1", t0, time.Minute, 10); err != nil {
+	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
 		t.Fatal(err)
 	}
 	// The lease expires and another worker claims the study.
-	if c, err := s.ClaimDueStudies(ctx, "w2", t0.Add(2*time.Minute), time.Minute, 10); err != nil || len(c) != 1 {
+	if c, err := s.ClaimDueStudies(ctx, "w2", t0.Add(2*time.Minute), t0.Add(2*time.Minute), time.Minute, 10); err != nil || len(c) != 1 {
 		t.Fatalf("claim after expiry = %v, %v", c, err)
 	}
 	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, OK: true},
@@ -336,7 +336,7 @@ func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 	for _, owner := range owners {
 		wg.Go(func() {
 			for {
-				claimed, err := s.ClaimDueStudies(ctx, owner, t0, time.Minute, 3)
+				claimed, err := s.ClaimDueStudies(ctx, owner, t0, t0, time.Minute, 3)
 				if err != nil {
 					t.Error(err)
 					return
@@ -363,20 +363,20 @@ func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 		}
 	}
 	// Leased studies are not due again until the lease passes or the poll is recorded.
-	if again, err := s.ClaimDueStudies(ctx, "w4", t0.Add(30*time.Second), time.Minute, 100); err != nil || len(again) != 0 {
+	if again, err := s.ClaimDueStudies(ctx, "w4", t0.Add(30*time.Second), t0.Add(30*time.Second), time.Minute, 100); err != nil || len(again) != 0 {
 		t.Fatalf("claim during leases = %d, %v; want none", len(again), err)
 	}
 	// A release by another owner changes nothing; the owner's release frees the study at once.
 	if err := s.ReleaseStudy(ctx, ids[0], "w9"); err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := s.ClaimDueStudies(ctx, "w4", t0, time.Minute, 100); len(again) != 0 {
+	if again, _ := s.ClaimDueStudies(ctx, "w4", t0, t0, time.Minute, 100); len(again) != 0 {
 		t.Fatal("a release by a non-owner freed the lease")
 	}
 	if err := s.ReleaseStudy(ctx, ids[0], by[ids[0]]); err != nil {
 		t.Fatal(err)
 	}
-	again, err := s.ClaimDueStudies(ctx, "w4", t0, time.Minute, 100)
+	again, err := s.ClaimDueStudies(ctx, "w4", t0, t0, time.Minute, 100)
 	if err != nil || len(again) != 1 || again[0].ID != ids[0] {
 		t.Fatalf("claim after the owner's release = %v, %v; want exactly the released study", again, err)
 	}

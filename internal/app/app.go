@@ -1,0 +1,186 @@
+// Package app wires the worker together: store, Prolific client, poller,
+// notification dispatcher and the inbound HTTP server. cmd/worker parses the
+// environment and runs an App; end-to-end tests start one on a :0 port.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/config"
+	"github.com/taskflow-watch/taskflow-watch/internal/notify"
+	"github.com/taskflow-watch/taskflow-watch/internal/poller"
+	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/replica"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/store"
+)
+
+// shutdownTimeout bounds how long the HTTP server drains on shutdown.
+const shutdownTimeout = 10 * time.Second
+
+// Options are the process-level dependencies that are not configuration.
+type Options struct {
+	// Stdout receives notifications when no Slack variables are set.
+	Stdout io.Writer
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// ShutdownGrace bounds how long in-flight polls may finish after shutdown starts.
+	ShutdownGrace time.Duration
+}
+
+// App is a running worker.
+type App struct {
+	cfg        config.Config
+	log        *slog.Logger
+	now        func() time.Time
+	store      *store.Store
+	prolific   *prolific.Client
+	poller     *poller.Poller
+	dispatcher *notify.Dispatcher
+	listener   net.Listener
+	server     *http.Server
+}
+
+// New applies pending migrations, builds every component and binds the
+// HTTP listener. It fails before anything runs when the schema is dirty or
+// newer than this build, or the database cannot be reached.
+func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	log := opts.Logger
+	st, err := store.NewMigrator(cfg.DatabaseURL).Up()
+	if err != nil {
+		return nil, fmt.Errorf("applying migrations: %w", err)
+	}
+	log.Info("database schema is current", slog.Int("version", int(st.Version)))
+
+	db, err := store.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	client, err := prolific.New(prolific.Config{BaseURL: cfg.ProlificAPIURL, Token: cfg.ProlificToken, Now: opts.Now})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("PROLIFIC_API_URL / PROLIFIC_TOKEN: %w", err)
+	}
+	owner := replica.Name()
+	a := &App{cfg: cfg, log: log, now: opts.Now, store: db, prolific: client}
+	a.dispatcher = notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: opts.Now, Logger: log}, db, newSender(cfg, opts.Stdout))
+	a.poller, err = poller.New(poller.Config{
+		Schedule:      cfg.PollSchedule,
+		Concurrency:   cfg.PollConcurrency,
+		Settings:      rules.Settings{StallAfter: cfg.StallAfter, FailuresBeforeAlert: cfg.PollFailuresBeforeAlert},
+		ShutdownGrace: opts.ShutdownGrace,
+		Owner:         owner,
+		Now:           opts.Now,
+		Logger:        log,
+		Queued:        a.dispatcher.Trigger,
+	}, client, db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("POLL_SCHEDULE: %w", err)
+	}
+	a.listener, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	a.server = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return a, nil
+}
+
+// newSender picks the notification transport from the Slack variables: a
+// bot token, else an incoming webhook, else JSON lines on stdout.
+func newSender(cfg config.Config, stdout io.Writer) notify.Sender {
+	switch cfg.SlackMode() {
+	case "bot":
+		return notify.NewBotSender(cfg.SlackBotToken, cfg.SlackAPIURL, nil)
+	case "webhook":
+		return notify.NewWebhookSender(cfg.SlackWebhookURL, nil)
+	}
+	return notify.NewLogSender(stdout)
+}
+
+// Addr is the address the HTTP server listens on.
+func (a *App) Addr() string { return a.listener.Addr().String() }
+
+// Store exposes the store, for commands that share the App's connection.
+func (a *App) Store() *store.Store { return a.store }
+
+// Run serves until ctx is done, then shuts down: the HTTP server drains,
+// no new study is claimed, in-flight polls finish within their grace, and
+// the dispatcher records what it already sent. Run closes the store.
+func (a *App) Run(ctx context.Context) error {
+	defer a.store.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.server.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving HTTP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		defer cancel()
+		return a.server.Shutdown(shutdownCtx)
+	})
+	g.Go(func() error { return a.poller.Start(ctx) })
+	g.Go(func() error { return a.dispatcher.Start(ctx) })
+	a.log.Info("worker started", slog.String("http_addr", a.Addr()), slog.String("poll_schedule", a.cfg.PollSchedule),
+		slog.String("notifications", a.cfg.SlackMode()))
+	err := g.Wait()
+	a.log.Info("worker stopped")
+	return err
+}
+
+func (a *App) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", a.ready)
+	return mux
+}
+
+// ready answers 200 only when the database answers and the schema is the
+// one this build expects, so a load balancer or Kubernetes holds traffic
+// from a replica that cannot do its work.
+func (a *App) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := a.store.Ping(ctx); err != nil {
+		a.log.Warn("readiness: database unreachable", slog.Any("error", err))
+		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		return
+	}
+	st, err := a.store.SchemaStatus(ctx)
+	if err != nil || !st.Current() {
+		http.Error(w, fmt.Sprintf("schema not current (version %d, want %d, dirty %v)", st.Version, st.Latest, st.Dirty), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}

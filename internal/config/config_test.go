@@ -1,0 +1,80 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Load(env(map[string]string{"DATABASE_URL": "postgres://x", "PROLIFIC_TOKEN": "tok"}), Need{Database: true, Prolific: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PollSchedule != "@every 5m" || c.StallAfter != 6*time.Hour || c.PollFailuresBeforeAlert != 3 ||
+		c.PollConcurrency != 8 || c.HTTPAddr != ":8080" || c.Retention != 2160*time.Hour ||
+		c.ProlificAPIURL != "https://api.prolific.com" || c.SlackAPIURL != "https://slack.com/api/" ||
+		c.LogFormat != "json" || c.SlackMode() != "stdout" {
+		t.Errorf("defaults = %+v", c)
+	}
+}
+
+func TestLoadReportsEveryProblemByName(t *testing.T) {
+	t.Parallel()
+	_, err := Load(env(map[string]string{
+		"POLL_SCHEDULE":     "every five minutes",
+		"STALL_AFTER":       "six hours",
+		"POLL_CONCURRENCY":  "0",
+		"HTTP_ADDR":         "8080",
+		"LOG_LEVEL":         "loud",
+		"SLACK_WEBHOOK_URL": "hooks.example/secret-path",
+		"SLACK_APP_TOKEN":   "xoxb-not-an-app-token",
+	}), Need{Database: true, Prolific: true})
+	if err == nil {
+		t.Fatal("invalid configuration accepted")
+	}
+	for _, name := range []string{"DATABASE_URL", "PROLIFIC_TOKEN", "POLL_SCHEDULE", "STALL_AFTER", "POLL_CONCURRENCY",
+		"HTTP_ADDR", "LOG_LEVEL", "SLACK_WEBHOOK_URL", "SLACK_APP_TOKEN", "SLACK_BOT_TOKEN"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error does not name %s:\n%v", name, err)
+		}
+	}
+	for _, secret := range []string{"secret-path", "xoxb-not-an-app-token"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error echoes a secret %q:\n%v", secret, err)
+		}
+	}
+}
+
+func TestSlackMode(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		// A bot token wins: it supports metadata, threads and updates.
+		{"bot", map[string]string{"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_WEBHOOK_URL": "https://hooks.example/x"}, "bot"},
+		// A webhook alone posts plain messages to one channel.
+		{"webhook", map[string]string{"SLACK_WEBHOOK_URL": "https://hooks.example/x"}, "webhook"},
+		// Nothing configured writes JSON lines to stdout.
+		{"stdout", map[string]string{}, "stdout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Load(env(tt.env), Need{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.SlackMode(); got != tt.want {
+				t.Errorf("SlackMode = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

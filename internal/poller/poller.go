@@ -1,0 +1,401 @@
+// Package poller runs the polling cycle: on every tick of the POLL_SCHEDULE
+// cron spec it claims the studies that are due, fetches their progress from
+// Prolific with bounded concurrency, and records each poll (observation,
+// rule transitions, outbox messages) through the store in one transaction.
+package poller
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/replica"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/store"
+)
+
+// Prolific is the part of the Prolific API the poller reads.
+type Prolific interface {
+	Study(ctx context.Context, studyID string) (prolific.Study, error)
+	Progress(ctx context.Context, studyID string) (prolific.Progress, error)
+}
+
+// Store is the part of the store the poller writes through.
+type Store interface {
+	ClaimDueStudies(ctx context.Context, owner string, dueBy, now time.Time, lease time.Duration, limit int) ([]store.ClaimedStudy, error)
+	RecordPoll(ctx context.Context, rec store.PollRecord, eval store.Evaluator) (store.PollResult, error)
+	ReleaseStudy(ctx context.Context, studyID, owner string) error
+}
+
+// Observer hears about every poll and cycle, for metrics and logs.
+type Observer interface {
+	PollDone(outcome Outcome, latency time.Duration, res store.PollResult)
+	CycleDone(stats CycleStats)
+}
+
+// Outcome classifies a poll for metrics and logs.
+type Outcome string
+
+// Poll outcomes.
+const (
+	OutcomeOK          Outcome = "ok"
+	OutcomeRateLimited Outcome = "rate_limited"
+	OutcomeServerError Outcome = "server_error"
+	OutcomeAuthError   Outcome = "auth_error"
+	OutcomeNotFound    Outcome = "not_found"
+	OutcomeMalformed   Outcome = "malformed"
+	OutcomeNetwork     Outcome = "network_error"
+	OutcomeOther       Outcome = "error"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultSchedule          = "@every 5m"
+	DefaultConcurrency       = 8
+	DefaultStatusRefresh     = 15 * time.Minute
+	DefaultCompletedInterval = time.Hour
+	DefaultMaxBackoff        = 30 * time.Minute
+	DefaultShutdownGrace     = 20 * time.Second
+	// DefaultLease covers a claimed batch waiting for a free slot plus two
+	// requests at the Prolific client's default timeout, with room to spare.
+	DefaultLease = 5 * time.Minute
+)
+
+// Config configures a Poller. Zero fields take the defaults above.
+type Config struct {
+	// Schedule is a robfig/cron spec: five fields or a descriptor like "@every 1m".
+	Schedule string
+	// Concurrency is the number of polls in flight at once.
+	Concurrency int
+	// Settings are the worker-wide rule thresholds (STALL_AFTER, POLL_FAILURES_BEFORE_ALERT).
+	Settings rules.Settings
+	// StatusRefresh is how old a study's status may get before a poll reads it again.
+	StatusRefresh time.Duration
+	// CompletedInterval is how often a COMPLETED study is still polled.
+	CompletedInterval time.Duration
+	// MaxBackoff caps the delay after repeated failures.
+	MaxBackoff time.Duration
+	// Lease is how long a claim holds a study against other replicas.
+	Lease time.Duration
+	// ShutdownGrace bounds how long in-flight polls may finish after shutdown starts.
+	ShutdownGrace time.Duration
+	// Owner names this replica in leases; a random name is made when empty.
+	Owner string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger receives poll and cycle logs; slog.Default when nil.
+	Logger *slog.Logger
+	// Observer hears about polls and cycles; nil ignores them.
+	Observer Observer
+	// Queued is called after a poll queued outbox messages, to wake the dispatcher.
+	Queued func()
+}
+
+// Poller polls due studies on a schedule. Create it with New.
+type Poller struct {
+	cfg      Config
+	schedule cron.Schedule
+	prolific Prolific
+	store    Store
+	log      *slog.Logger
+	kick     chan struct{}
+
+	// hard is cancelled ShutdownGrace after shutdown starts; in-flight polls use it.
+	hard       context.Context
+	cancelHard context.CancelFunc
+	stopOnce   sync.Once
+}
+
+// New validates cfg and returns a Poller.
+func New(cfg Config, p Prolific, s Store) (*Poller, error) {
+	cfg.Schedule = cmp.Or(cfg.Schedule, DefaultSchedule)
+	schedule, err := cron.ParseStandard(cfg.Schedule)
+	if err != nil {
+		return nil, fmt.Errorf("parsing poll schedule %q: %w", cfg.Schedule, err)
+	}
+	cfg.Concurrency = cmp.Or(cfg.Concurrency, DefaultConcurrency)
+	if cfg.Concurrency < 1 {
+		return nil, fmt.Errorf("poll concurrency must be at least 1, got %d", cfg.Concurrency)
+	}
+	cfg.Settings = cfg.Settings.WithDefaults()
+	cfg.StatusRefresh = cmp.Or(cfg.StatusRefresh, DefaultStatusRefresh)
+	cfg.CompletedInterval = cmp.Or(cfg.CompletedInterval, DefaultCompletedInterval)
+	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
+	cfg.Lease = cmp.Or(cfg.Lease, DefaultLease)
+	cfg.ShutdownGrace = cmp.Or(cfg.ShutdownGrace, DefaultShutdownGrace)
+	cfg.Owner = cmp.Or(cfg.Owner, replica.Name())
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Queued == nil {
+		cfg.Queued = func() {}
+	}
+	hard, cancel := context.WithCancel(context.Background())
+	return &Poller{
+		cfg:        cfg,
+		schedule:   schedule,
+		prolific:   p,
+		store:      s,
+		log:        cfg.Logger,
+		kick:       make(chan struct{}, 1),
+		hard:       hard,
+		cancelHard: cancel,
+	}, nil
+}
+
+// Trigger asks for a cycle as soon as the current one (if any) ends, for a
+// new watch or a webhook. It never blocks; triggers coalesce.
+func (p *Poller) Trigger() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs a cycle at once and then on every tick of the schedule, until
+// ctx is done. Cycles never overlap: ticks that pass while a cycle runs are
+// skipped. When ctx ends, no new study is claimed and in-flight polls get
+// ShutdownGrace to finish before they are cancelled; Start returns after them.
+func (p *Poller) Start(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		time.AfterFunc(p.cfg.ShutdownGrace, p.cancelHard)
+	})
+	defer stop()
+	defer p.cancelHard()
+
+	tick := p.cfg.Now()
+	for {
+		p.RunOnce(ctx, tick)
+		now := p.cfg.Now()
+		next := p.schedule.Next(now)
+		timer := time.NewTimer(next.Sub(now))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+			tick = next
+		case <-p.kick:
+			timer.Stop()
+			tick = p.cfg.Now()
+		}
+	}
+}
+
+// CycleStats summarises one cycle.
+type CycleStats struct {
+	Tick     time.Time
+	Finished time.Time
+	Polled   int
+	Failed   int
+	Err      error
+}
+
+// RunOnce polls every study due at tick, claiming them in batches of
+// Concurrency so that a claimed study waits at most one batch for a slot,
+// well inside its lease. It returns when all claimed polls are recorded.
+func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
+	stats := CycleStats{Tick: tick}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, p.cfg.Concurrency)
+		next = p.schedule.Next(tick)
+	)
+	for ctx.Err() == nil {
+		claimed, err := p.store.ClaimDueStudies(ctx, p.cfg.Owner, tick, p.cfg.Now(), p.cfg.Lease, p.cfg.Concurrency)
+		if err != nil {
+			if ctx.Err() == nil {
+				stats.Err = err
+				p.log.Warn("claiming due studies failed", slog.Any("error", err))
+			}
+			break
+		}
+		if len(claimed) == 0 {
+			break
+		}
+		for _, study := range claimed {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				p.release(study.ID)
+				continue
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				ok := p.pollOne(study, next)
+				mu.Lock()
+				stats.Polled++
+				if !ok {
+					stats.Failed++
+				}
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	stats.Finished = p.cfg.Now()
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.CycleDone(stats)
+	}
+	return stats
+}
+
+// release hands an unpolled study back so another replica may take it at once.
+func (p *Poller) release(studyID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.store.ReleaseStudy(ctx, studyID, p.cfg.Owner); err != nil {
+		p.log.Warn("releasing study failed", slog.String("study_id", studyID), slog.Any("error", err))
+	}
+}
+
+// fetched is what one poll learned from Prolific.
+type fetched struct {
+	study         prolific.Study
+	statusChecked bool
+	progress      prolific.Progress
+	err           error
+}
+
+// fetch reads the study's status when it is stale, then its progress.
+func (p *Poller) fetch(ctx context.Context, c store.ClaimedStudy) fetched {
+	var f fetched
+	if c.StatusCheckedAt.IsZero() || p.cfg.Now().Sub(c.StatusCheckedAt) >= p.cfg.StatusRefresh {
+		f.study, f.err = p.prolific.Study(ctx, c.ID)
+		if f.err != nil {
+			return f
+		}
+		f.statusChecked = true
+	}
+	f.progress, f.err = p.prolific.Progress(ctx, c.ID)
+	return f
+}
+
+// pollOne fetches and records one claimed study. It reports whether the poll succeeded.
+func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
+	started := p.cfg.Now()
+	f := p.fetch(p.hard, c)
+	if p.hard.Err() != nil {
+		// Shutdown cut the fetch short: it says nothing about the study.
+		p.release(c.ID)
+		return false
+	}
+	at := p.cfg.Now()
+	poll := rules.Poll{Status: f.study.Status}
+	rec := store.PollRecord{StudyID: c.ID, Owner: p.cfg.Owner, At: at, Name: f.study.Name, StatusChecked: f.statusChecked}
+	outcome := OutcomeOK
+	if f.err != nil {
+		outcome = classify(f.err)
+		poll.Failure = prolific.Classify(f.err)
+		poll.Error = f.err.Error()
+		rec.Error = poll.Error
+	} else {
+		poll.URLs = f.progress.URLs
+		rec.OK = true
+	}
+	res, err := p.store.RecordPoll(p.hard, rec, func(prev store.PollState) store.Evaluation {
+		settings := p.cfg.Settings
+		if prev.StallAfter > 0 {
+			settings.StallAfter = prev.StallAfter
+		}
+		next, transitions := rules.Evaluate(prev.State, poll, settings, at)
+		nextPoll, note := p.nextPoll(next, f.err, nextTick, at)
+		return store.Evaluation{State: next, Transitions: transitions, NextPollAt: nextPoll, Note: note}
+	})
+	latency := p.cfg.Now().Sub(started)
+	log := p.log.With(slog.String("study_id", c.ID))
+	switch {
+	case err != nil:
+		// The lease runs out and a later cycle polls the study again.
+		log.Error("recording poll failed", slog.Any("error", err))
+		return false
+	case res.Lost:
+		log.Warn("lease lost before the poll was recorded; another replica polls this study")
+		return false
+	}
+	log.Debug("polled study", slog.String("outcome", string(outcome)), slog.Duration("latency", latency),
+		slog.Bool("observation_written", res.ObservationWritten), slog.Any("poll_error", errOrNil(f.err)))
+	for _, tr := range res.Transitions {
+		log.Info("alert transition", slog.String("rule", string(tr.Rule)), slog.String("state", string(tr.State)),
+			slog.String("external_url", tr.ExternalURL))
+	}
+	if res.Queued > 0 {
+		p.cfg.Queued()
+	}
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.PollDone(outcome, latency, res)
+	}
+	return f.err == nil
+}
+
+func errOrNil(err error) any {
+	if err == nil {
+		return nil
+	}
+	return err.Error()
+}
+
+// nextPoll decides when the study is due again and why, if unusually late.
+// A healthy study is due at the next tick. A failing one backs off
+// exponentially in whole schedule periods (capped at MaxBackoff) and never
+// before a Retry-After; a completed one is polled only every CompletedInterval.
+func (p *Poller) nextPoll(next rules.StudyState, fetchErr error, nextTick, now time.Time) (time.Time, string) {
+	if fetchErr != nil {
+		period := max(nextTick.Sub(now), time.Second)
+		backoff := period
+		for i := 1; i < next.ConsecutiveFailures && backoff < p.cfg.MaxBackoff; i++ {
+			backoff *= 2
+		}
+		backoff = min(backoff, max(p.cfg.MaxBackoff, period))
+		if ra := prolific.RetryAfter(fetchErr); ra > backoff {
+			backoff = ra
+		}
+		at := later(nextTick, now.Add(backoff))
+		if at.After(nextTick) {
+			return at, fmt.Sprintf("backing off after %d failed polls until %s", next.ConsecutiveFailures, at.UTC().Format(time.RFC3339))
+		}
+		return at, ""
+	}
+	if next.Status == prolific.StatusCompleted {
+		return later(nextTick, now.Add(p.cfg.CompletedInterval)),
+			fmt.Sprintf("study is COMPLETED: polled every %s", p.cfg.CompletedInterval)
+	}
+	return nextTick, ""
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// classify names the outcome of a failed fetch.
+func classify(err error) Outcome {
+	switch {
+	case errors.Is(err, prolific.ErrRateLimited):
+		return OutcomeRateLimited
+	case errors.Is(err, prolific.ErrServer):
+		return OutcomeServerError
+	case errors.Is(err, prolific.ErrUnauthorized):
+		return OutcomeAuthError
+	case errors.Is(err, prolific.ErrNotFound):
+		return OutcomeNotFound
+	case errors.Is(err, prolific.ErrMalformed):
+		return OutcomeMalformed
+	case errors.Is(err, prolific.ErrTransport):
+		return OutcomeNetwork
+	}
+	return OutcomeOther
+}
