@@ -1,8 +1,11 @@
 package prolific
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
 	"strconv"
 
@@ -91,7 +94,7 @@ func (c *Client) Progress(ctx context.Context, studyID string) (Progress, error)
 // decodeProgress validates a progress body; see Progress for the rules.
 func (c *Client) decodeProgress(endpoint string, body []byte) (Progress, error) {
 	var wire wireProgress
-	if err := json.Unmarshal(body, &wire); err != nil {
+	if err := unmarshalObject(body, &wire); err != nil {
 		return Progress{}, c.malformed(endpoint, "%v", err)
 	}
 	var out Progress
@@ -103,16 +106,20 @@ func (c *Client) decodeProgress(endpoint string, body []byte) (Progress, error) 
 	if isNull(wire.Progress) {
 		return Progress{}, c.malformed(endpoint, "progress is missing")
 	}
-	var entries []wireURLCounts
-	if err := json.Unmarshal(wire.Progress, &entries); err != nil {
-		return Progress{}, c.malformed(endpoint, "progress: %v", err)
+	var entries []json.RawMessage
+	if wire.Progress[0] != '[' || json.Unmarshal(wire.Progress, &entries) != nil {
+		return Progress{}, c.malformed(endpoint, "progress is not a list")
 	}
 	if len(entries) == 0 {
 		return Progress{}, c.malformed(endpoint, "progress lists no URLs")
 	}
 	out.URLs = make([]rules.URLCounts, 0, len(entries))
 	seen := make(map[string]bool, len(entries))
-	for i, entry := range entries {
+	for i, raw := range entries {
+		var entry wireURLCounts
+		if err := unmarshalObject(raw, &entry); err != nil {
+			return Progress{}, c.malformed(endpoint, "progress[%d]: %v", i, err)
+		}
 		counts, field, problem := decodeURLCounts(entry)
 		if problem != "" {
 			return Progress{}, c.malformed(endpoint, "progress[%d].%s: %s", i, field, problem)
@@ -137,7 +144,6 @@ func decodeURLCounts(w wireURLCounts) (counts rules.URLCounts, field, problem st
 	if counts.ExternalURL == "" {
 		return counts, "external_url", "empty"
 	}
-	var ok bool
 	if counts.TotalAllocation, problem = parseCount(w.TotalAllocation, false); problem != "" {
 		return counts, "total_allocation", problem
 	}
@@ -147,7 +153,6 @@ func decodeURLCounts(w wireURLCounts) (counts rules.URLCounts, field, problem st
 	if counts.CapacityIncrements, problem = parseCount(w.CapacityIncrements, true); problem != "" {
 		return counts, "capacity_increments", problem
 	}
-	_ = ok
 	return counts, "", ""
 }
 
@@ -191,11 +196,33 @@ func parseCount(raw json.RawMessage, optional bool) (int, string) {
 
 // isRangeError reports whether strconv rejected a well-formed but huge number.
 func isRangeError(err error) bool {
-	var numErr *strconv.NumError
-	if ne, ok := err.(*strconv.NumError); ok {
-		numErr = ne
+	return errors.Is(err, strconv.ErrRange)
+}
+
+// errNotObject reports a JSON value that should have been an object.
+var errNotObject = errors.New("not a JSON object")
+
+// unmarshalObject decodes data, which must be a JSON object, into v. It
+// reports a wrong top-level type in plain words instead of naming Go types.
+func unmarshalObject(data []byte, v any) error {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 {
+		return errors.New("empty body")
 	}
-	return numErr != nil && numErr.Err == strconv.ErrRange
+	if trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			return errors.New("invalid JSON")
+		}
+		return errNotObject
+	}
+	if err := json.Unmarshal(trimmed, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return fmt.Errorf("field %s: unexpected JSON %s", typeErr.Field, typeErr.Value)
+		}
+		return fmt.Errorf("invalid JSON: %w", err)
+	}
+	return nil
 }
 
 // isNull reports whether a raw field is absent or JSON null.
@@ -225,7 +252,7 @@ func (c *Client) Study(ctx context.Context, studyID string) (Study, error) {
 		return Study{}, err
 	}
 	var wire wireStudy
-	if err := json.Unmarshal(rep.body, &wire); err != nil {
+	if err := unmarshalObject(rep.body, &wire); err != nil {
 		return Study{}, c.malformed(endpoint, "%v", err)
 	}
 	if wire.ID == "" {
