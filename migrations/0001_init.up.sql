@@ -48,6 +48,8 @@ CREATE TABLE observations (
 
 -- Serves "previous observation" and time-window history without scanning.
 CREATE INDEX observations_study_time_idx ON observations (study_id, observed_at DESC, id DESC);
+-- Serves retention pruning.
+CREATE INDEX observations_observed_at_idx ON observations (observed_at);
 
 -- Alerts that fired; an open alert has no resolved_at.
 CREATE TABLE alerts (
@@ -61,6 +63,7 @@ CREATE TABLE alerts (
 
 -- At most one open alert per (study, rule, URL).
 CREATE UNIQUE INDEX alerts_open_idx ON alerts (study_id, rule, external_url) WHERE resolved_at IS NULL;
+CREATE INDEX alerts_resolved_at_idx ON alerts (resolved_at) WHERE resolved_at IS NOT NULL;
 
 -- One row per transition and watching channel, written in the poll's transaction.
 CREATE TABLE outbox (
@@ -84,6 +87,7 @@ CREATE TABLE outbox (
 
 CREATE INDEX outbox_pending_idx ON outbox (next_attempt_at, id) WHERE sent_at IS NULL AND failed_at IS NULL;
 CREATE INDEX outbox_alert_idx ON outbox (alert_id, channel_id) WHERE alert_id IS NOT NULL;
+CREATE INDEX outbox_created_at_idx ON outbox (created_at);
 
 -- Per-channel pacing shared by every replica.
 CREATE TABLE slack_channels (

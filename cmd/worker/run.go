@@ -30,8 +30,9 @@ commands:
   studies remove <id> [--channel C…]
                                  stop watching (in one channel, or everywhere)
   studies list                   watched studies with status, last poll and last error
-  webhooks subscribe --target-url https://… --workspace-id ID
-                                 create a Prolific webhook secret and subscriptions
+  webhooks subscribe --target-url https://… --workspace-id ID --secret-file PATH
+                                 create a Prolific webhook secret (written to PATH)
+                                 and confirmed subscriptions to both study events
   demo                           run against the built-in Prolific simulator
   version                        print the build version
 
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return migrateCmd(args, getenv, stdout)
 	case "studies":
 		return studiesCmd(ctx, args, getenv, stdout)
+	case "webhooks":
+		return webhooksCmd(ctx, args, getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "taskflow-watch", version())
 		return nil

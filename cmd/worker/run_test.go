@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -216,5 +217,47 @@ func TestUnknownCommand(t *testing.T) {
 	err := run(context.Background(), []string{"frobnicate"}, testEnv{}.get, &bytes.Buffer{}, &bytes.Buffer{})
 	if !errors.Is(err, errUsage) {
 		t.Fatalf("err = %v, want a usage error", err)
+	}
+}
+
+func TestWebhooksSubscribe(t *testing.T) {
+	t.Parallel()
+	fake := prolifictest.NewServer(t, testToken)
+	env := testEnv{"PROLIFIC_TOKEN": testToken, "PROLIFIC_API_URL": fake.URL()}
+	secretFile := t.TempDir() + "/secret"
+	out, err := runCmd(t, env, "webhooks", "subscribe", "--target-url", "https://watch.example.org/webhooks/prolific",
+		"--workspace-id", "ws1", "--secret-file", secretFile)
+	if err != nil {
+		t.Fatalf("subscribe: %v\n%s", err, out)
+	}
+	secrets := fake.Secrets()
+	if len(secrets) != 1 {
+		t.Fatalf("secrets created: %d", len(secrets))
+	}
+	data, err := os.ReadFile(secretFile)
+	if err != nil || strings.TrimSpace(string(data)) != secrets[0].Value {
+		t.Fatalf("secret file = %q, %v", data, err)
+	}
+	if info, _ := os.Stat(secretFile); info.Mode().Perm() != 0o600 {
+		t.Errorf("secret file mode %v, want 0600", info.Mode().Perm())
+	}
+	if strings.Contains(out, secrets[0].Value) {
+		t.Error("the secret was printed")
+	}
+	subs := fake.Subscriptions()
+	events := map[string]bool{}
+	for _, s := range subs {
+		if !s.Confirmed || s.TargetURL != "https://watch.example.org/webhooks/prolific" || s.WorkspaceID != "ws1" {
+			t.Errorf("subscription %+v not confirmed for the target", s)
+		}
+		events[s.EventType] = true
+	}
+	if len(subs) != 2 || !events["study.progress.change"] || !events["study.status.change"] {
+		t.Errorf("subscriptions = %+v, want both study events", subs)
+	}
+	// An existing secret file is never overwritten.
+	if _, err := runCmd(t, env, "webhooks", "subscribe", "--target-url", "https://watch.example.org/webhooks/prolific",
+		"--workspace-id", "ws1", "--secret-file", secretFile); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second subscribe into the same file = %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/config"
+	"github.com/taskflow-watch/taskflow-watch/internal/metrics"
 	"github.com/taskflow-watch/taskflow-watch/internal/notify"
 	"github.com/taskflow-watch/taskflow-watch/internal/poller"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
@@ -47,6 +48,7 @@ type App struct {
 	prolific   *prolific.Client
 	poller     *poller.Poller
 	dispatcher *notify.Dispatcher
+	metrics    *metrics.Metrics
 	listener   net.Listener
 	server     *http.Server
 }
@@ -79,7 +81,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	}
 	owner := replica.Name()
 	a := &App{cfg: cfg, log: log, now: opts.Now, store: db, prolific: client}
-	a.dispatcher = notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: opts.Now, Logger: log}, db, newSender(cfg, opts.Stdout))
+	a.metrics = metrics.New(db, opts.Now, log)
+	a.dispatcher = notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: opts.Now, Logger: log, Observer: a.metrics},
+		db, newSender(cfg, opts.Stdout))
 	a.poller, err = poller.New(poller.Config{
 		Schedule:      cfg.PollSchedule,
 		Concurrency:   cfg.PollConcurrency,
@@ -88,6 +92,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		Owner:         owner,
 		Now:           opts.Now,
 		Logger:        log,
+		Observer:      a.metrics,
 		Queued:        a.dispatcher.Trigger,
 	}, client, db)
 	if err != nil {
@@ -148,6 +153,7 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return a.poller.Start(ctx) })
 	g.Go(func() error { return a.dispatcher.Start(ctx) })
+	g.Go(func() error { return a.pruneLoop(ctx) })
 	a.log.Info("worker started", slog.String("http_addr", a.Addr()), slog.String("poll_schedule", a.cfg.PollSchedule),
 		slog.String("notifications", a.cfg.SlackMode()))
 	err := g.Wait()
@@ -162,6 +168,7 @@ func (a *App) routes() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", a.ready)
+	mux.Handle("GET /metrics", a.metrics.Handler())
 	return mux
 }
 
