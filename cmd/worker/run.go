@@ -57,6 +57,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return studiesCmd(ctx, args, getenv, stdout)
 	case "webhooks":
 		return webhooksCmd(ctx, args, getenv, stdout)
+	case "demo":
+		return demo(ctx, args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "taskflow-watch", version())
 		return nil
@@ -300,9 +302,14 @@ func studiesList(ctx context.Context, cfg config.Config, stdout io.Writer) error
 		fmt.Fprintln(stdout, "no studies are watched; add one with: worker studies add <id> --channel C…")
 		return nil
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return printStudies(stdout, studies, time.Now())
+}
+
+// printStudies writes one line per study: status, channels, last poll and
+// its outcome, open alerts and any scheduling note.
+func printStudies(w io.Writer, studies []store.Study, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STUDY\tNAME\tSTATUS\tCHANNELS\tLAST POLL\tRESULT\tOPEN ALERTS\tNOTE")
-	now := time.Now()
 	for _, s := range studies {
 		channels := make([]string, 0, len(s.Watches))
 		for _, w := range s.Watches {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -20,8 +21,10 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/notify"
 	"github.com/taskflow-watch/taskflow-watch/internal/poller"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/prolifichook"
 	"github.com/taskflow-watch/taskflow-watch/internal/replica"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/slackcmd"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 )
 
@@ -37,6 +40,9 @@ type Options struct {
 	Now func() time.Time
 	// ShutdownGrace bounds how long in-flight polls may finish after shutdown starts.
 	ShutdownGrace time.Duration
+	// AllowResponseURL decides where late slash-command answers may be
+	// posted; nil allows only https://*.slack.com. Tests allow their fakes.
+	AllowResponseURL func(*url.URL) bool
 }
 
 // App is a running worker.
@@ -49,6 +55,8 @@ type App struct {
 	poller     *poller.Poller
 	dispatcher *notify.Dispatcher
 	metrics    *metrics.Metrics
+	commands   *slackcmd.Handler
+	hooks      *prolifichook.Handler
 	listener   net.Listener
 	server     *http.Server
 }
@@ -99,6 +107,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		db.Close()
 		return nil, fmt.Errorf("POLL_SCHEDULE: %w", err)
 	}
+	if err := a.inbound(opts); err != nil {
+		db.Close()
+		return nil, err
+	}
 	a.listener, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		db.Close()
@@ -113,6 +125,42 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return a, nil
+}
+
+// inbound builds the slash-command handler (for HTTP with
+// SLACK_SIGNING_SECRET, or Socket Mode with SLACK_APP_TOKEN) and the
+// Prolific webhook handler (with PROLIFIC_WEBHOOK_SECRET).
+func (a *App) inbound(opts Options) error {
+	var err error
+	if a.cfg.SlackSigningSecret != "" || a.cfg.SlackAppToken != "" {
+		a.commands, err = slackcmd.New(slackcmd.Config{
+			SigningSecret:     []byte(a.cfg.SlackSigningSecret),
+			AllowedTeams:      a.cfg.SlackAllowedTeams,
+			Prolific:          a.prolific,
+			Store:             a.store,
+			Poller:            a.poller,
+			DefaultStallAfter: a.cfg.StallAfter,
+			AllowResponseURL:  opts.AllowResponseURL,
+			Now:               a.now,
+			Logger:            a.log,
+		})
+		if err != nil {
+			return fmt.Errorf("slash commands: %w", err)
+		}
+	}
+	if a.cfg.ProlificWebhookSecret != "" {
+		a.hooks, err = prolifichook.New(prolifichook.Config{
+			Secret: []byte(a.cfg.ProlificWebhookSecret),
+			Store:  a.store,
+			Poller: a.poller,
+			Now:    a.now,
+			Logger: a.log,
+		})
+		if err != nil {
+			return fmt.Errorf("PROLIFIC_WEBHOOK_SECRET: %w", err)
+		}
+	}
+	return nil
 }
 
 // newSender picks the notification transport from the Slack variables: a
@@ -154,6 +202,23 @@ func (a *App) Run(ctx context.Context) error {
 	g.Go(func() error { return a.poller.Start(ctx) })
 	g.Go(func() error { return a.dispatcher.Start(ctx) })
 	g.Go(func() error { return a.pruneLoop(ctx) })
+	if a.commands != nil && a.cfg.SlackAppToken != "" {
+		g.Go(func() error {
+			return slackcmd.RunSocketMode(ctx, a.cfg.SlackAppToken, a.cfg.SlackBotToken, a.cfg.SlackAPIURL, a.commands, a.log)
+		})
+	}
+	if a.commands != nil {
+		g.Go(func() error {
+			// Late slash-command answers (sent to response_url) finish before exit.
+			<-ctx.Done()
+			waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+			defer cancel()
+			if err := a.commands.Wait(waitCtx); err != nil {
+				a.log.Warn("late slash-command answers still pending at shutdown", slog.Any("error", err))
+			}
+			return nil
+		})
+	}
 	a.log.Info("worker started", slog.String("http_addr", a.Addr()), slog.String("poll_schedule", a.cfg.PollSchedule),
 		slog.String("notifications", a.cfg.SlackMode()))
 	err := g.Wait()
@@ -169,7 +234,24 @@ func (a *App) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", a.ready)
 	mux.Handle("GET /metrics", a.metrics.Handler())
+	if a.commands != nil && a.cfg.SlackSigningSecret != "" {
+		mux.Handle("POST /slack/commands", a.commands)
+	} else {
+		mux.Handle("POST /slack/commands", disabled("slash commands over HTTP are off: set SLACK_SIGNING_SECRET"))
+	}
+	if a.hooks != nil {
+		mux.Handle("POST /webhooks/prolific", a.hooks)
+	} else {
+		mux.Handle("POST /webhooks/prolific", disabled("Prolific webhooks are off: set PROLIFIC_WEBHOOK_SECRET"))
+	}
 	return mux
+}
+
+// disabled answers 404 with the setting that would enable the route.
+func disabled(reason string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, reason, http.StatusNotFound)
+	})
 }
 
 // ready answers 200 only when the database answers and the schema is the

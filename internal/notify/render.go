@@ -522,11 +522,14 @@ func lastedPhrase(dur string) string {
 // justNow is how humanDuration says "under a minute".
 const justNow = "just now"
 
-// humanDuration writes d rounded to minutes the way people say it: "just
-// now", "45m", "2h5m", "3d4h". Negative durations (clock skew) read as "just now".
+// humanDuration writes d the way people say it: "just now", "40s" (short
+// thresholds, as in the demo), then rounded to minutes: "45m", "2h5m", "3d4h". Negative durations (clock skew) read as "just now".
 func humanDuration(d time.Duration) string {
-	if d < time.Minute {
+	if d < time.Second {
 		return justNow
+	}
+	if d < time.Minute {
+		return fmt.Sprintf("%ds", int(d/time.Second))
 	}
 	d = d.Round(time.Minute)
 	days := int(d / (24 * time.Hour))

@@ -204,6 +204,13 @@ func TestRender(t *testing.T) {
 			// A condition shorter than a minute is not "0m".
 			name:       "resolved within a minute",
 			alert:      studyAlert(rules.PollFailing, rules.Resolved, 20*time.Second),
+			wantText:   []string{"lasted 20s."},
+			wantBlocks: []string{"20s"},
+		},
+		{
+			// A condition shorter than a second reads as under a minute.
+			name:       "resolved at once",
+			alert:      studyAlert(rules.PollFailing, rules.Resolved, 0),
 			wantText:   []string{"lasted under a minute."},
 			wantBlocks: []string{"just now"},
 		},
@@ -451,7 +458,8 @@ func TestHumanDuration(t *testing.T) {
 		want string
 	}{
 		{name: "zero", d: 0, want: "just now"},                              // Nothing to measure.
-		{name: "under a minute", d: 59 * time.Second, want: "just now"},     // Not rounded up to 1m.
+		{name: "under a second", d: 900 * time.Millisecond, want: "just now"}, // Nothing worth a number.
+		{name: "under a minute", d: 59 * time.Second, want: "59s"},             // Seconds, not rounded up to 1m.
 		{name: "negative from clock skew", d: -time.Hour, want: "just now"}, // Never "-1h".
 		{name: "minutes", d: 45 * time.Minute, want: "45m"},                 // No hours part.
 		{name: "rounded to minutes", d: 2*time.Hour + 4*time.Minute + 40*time.Second, want: "2h5m"},

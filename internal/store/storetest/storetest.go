@@ -10,13 +10,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 )
@@ -33,57 +29,35 @@ func BaseURL(t testing.TB) string {
 	return ""
 }
 
-// NewSchema creates an empty schema, dropped when the test ends, and returns
-// a connection string whose search_path points at it.
-func NewSchema(t testing.TB) string {
+// SchemaName returns a new random schema name for a test.
+func SchemaName(t testing.TB) string {
 	t.Helper()
-	base := BaseURL(t)
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	schema := "tw_test_" + hex.EncodeToString(b[:])
+	return "tw_test_" + hex.EncodeToString(b[:])
+}
+
+// NewSchema creates an empty schema, dropped when the test ends, and returns
+// a connection string whose search_path points at it.
+func NewSchema(t testing.TB) string {
+	t.Helper()
+	base, schema := BaseURL(t), SchemaName(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
+	dsn, err := store.PrepareSchema(ctx, base, schema, true)
 	if err != nil {
-		t.Fatalf("connecting to test Postgres: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("creating schema: %v", err)
+		t.Fatalf("preparing test schema: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Errorf("connecting to drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("dropping schema %s: %v", schema, err)
+		if err := store.DropSchema(ctx, base, schema); err != nil {
+			t.Errorf("dropping test schema: %v", err)
 		}
 	})
-	return WithSearchPath(t, base, schema)
-}
-
-// WithSearchPath returns connString with its search_path set to schema, in
-// either URL or keyword/value form.
-func WithSearchPath(t testing.TB, connString, schema string) string {
-	t.Helper()
-	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
-		u, err := url.Parse(connString)
-		if err != nil {
-			t.Fatalf("parsing test database URL: %v", err)
-		}
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		return u.String()
-	}
-	return connString + " search_path=" + schema
+	return dsn
 }
 
 // NewDatabaseURL returns a connection string for a fresh, fully migrated schema.
