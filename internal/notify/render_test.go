@@ -457,11 +457,11 @@ func TestHumanDuration(t *testing.T) {
 		d    time.Duration
 		want string
 	}{
-		{name: "zero", d: 0, want: "just now"},                              // Nothing to measure.
+		{name: "zero", d: 0, want: "just now"},                                // Nothing to measure.
 		{name: "under a second", d: 900 * time.Millisecond, want: "just now"}, // Nothing worth a number.
-		{name: "under a minute", d: 59 * time.Second, want: "59s"},             // Seconds, not rounded up to 1m.
-		{name: "negative from clock skew", d: -time.Hour, want: "just now"}, // Never "-1h".
-		{name: "minutes", d: 45 * time.Minute, want: "45m"},                 // No hours part.
+		{name: "under a minute", d: 59 * time.Second, want: "59s"},            // Seconds, not rounded up to 1m.
+		{name: "negative from clock skew", d: -time.Hour, want: "just now"},   // Never "-1h".
+		{name: "minutes", d: 45 * time.Minute, want: "45m"},                   // No hours part.
 		{name: "rounded to minutes", d: 2*time.Hour + 4*time.Minute + 40*time.Second, want: "2h5m"},
 		{name: "whole hours", d: 3 * time.Hour, want: "3h"},            // No "0m".
 		{name: "days", d: 26*time.Hour + 10*time.Minute, want: "1d2h"}, // Minutes dropped past a day.
