@@ -33,7 +33,8 @@ commands:
   webhooks subscribe --target-url https://… --workspace-id ID --secret-file PATH
                                  create a Prolific webhook secret (written to PATH)
                                  and confirmed subscriptions to both study events
-  demo                           run against the built-in Prolific simulator
+  demo [--duration 2m]           run against the built-in Prolific simulator
+  healthcheck                    exit 0 when the worker on HTTP_ADDR answers /healthz
   version                        print the build version
 
 Configuration is read from the environment; see README.md.
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return webhooksCmd(ctx, args, getenv, stdout)
 	case "demo":
 		return demo(ctx, args, getenv, stdout, stderr)
+	case "healthcheck":
+		return healthcheck(ctx, getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "taskflow-watch", version())
 		return nil

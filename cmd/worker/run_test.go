@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -259,5 +261,43 @@ func TestWebhooksSubscribe(t *testing.T) {
 	if _, err := runCmd(t, env, "webhooks", "subscribe", "--target-url", "https://watch.example.org/webhooks/prolific",
 		"--workspace-id", "ws1", "--secret-file", secretFile); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second subscribe into the same file = %v", err)
+	}
+}
+
+func TestHealthcheckCommand(t *testing.T) {
+	t.Parallel()
+	fake := prolifictest.NewServer(t, testToken)
+	env := newEnv(t, fake)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	env["HTTP_ADDR"] = addr
+
+	// Nothing listens yet: unhealthy.
+	if _, err := runCmd(t, env, "healthcheck"); err == nil {
+		t.Fatal("healthcheck passed with no worker running")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, env.get, io.Discard, io.Discard) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := runCmd(t, env, "healthcheck")
+		if err == nil && strings.Contains(out, "healthy") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthcheck never passed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

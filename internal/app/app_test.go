@@ -171,18 +171,18 @@ func count(list []string, want string) int {
 	return n
 }
 
-func url(total, allocated, increments int) []rules.URLCounts {
+func progress(total, allocated, increments int) []rules.URLCounts {
 	return []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: total, Allocated: allocated, CapacityIncrements: increments}}
 }
 
 func TestOverAllocationFiresOnceAndResolvesOnce(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 12, 0)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 12, 0)})
 	b.start(t)
 
 	b.waitPolls(t, studyID, 6)
-	b.prolific.SetProgress(studyID, url(10, 10, 0))
+	b.prolific.SetProgress(studyID, progress(10, 10, 0))
 	b.waitPolls(t, studyID, 12)
 	b.settle(t)
 
@@ -209,7 +209,7 @@ func TestScreenOutOverAllocationIsWithinCapacity(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	// The documented sample: allocated 12 of 10 with 3 screen-out slots.
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 12, 3)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 12, 3)})
 	b.start(t)
 	b.waitPolls(t, studyID, 4)
 	b.settle(t)
@@ -226,12 +226,12 @@ func TestScreenOutOverAllocationIsWithinCapacity(t *testing.T) {
 func TestCapacityIncrementsGiveOneEventPerRise(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 4, 0)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 4, 0)})
 	b.start(t)
 	b.waitPolls(t, studyID, 2)
-	b.prolific.SetProgress(studyID, url(10, 5, 2))
+	b.prolific.SetProgress(studyID, progress(10, 5, 2))
 	b.waitPolls(t, studyID, 5)
-	b.prolific.SetProgress(studyID, url(10, 6, 3))
+	b.prolific.SetProgress(studyID, progress(10, 6, 3))
 	b.waitPolls(t, studyID, 8)
 	b.settle(t)
 
@@ -251,7 +251,7 @@ func TestStalledFiresOnceAndResolvesWhenMoving(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	b.cfg.StallAfter = 3 * time.Second
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 4, 0)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 4, 0)})
 	b.start(t)
 
 	if _, err := b.slack.WaitMessages(waitCtx(t), 1); err != nil {
@@ -259,7 +259,7 @@ func TestStalledFiresOnceAndResolvesWhenMoving(t *testing.T) {
 	}
 	polls := b.prolific.Requests(studyID)
 	b.waitPolls(t, studyID, polls+3)
-	b.prolific.SetProgress(studyID, url(10, 5, 0))
+	b.prolific.SetProgress(studyID, progress(10, 5, 0))
 	if _, err := b.slack.WaitMessages(waitCtx(t), 2); err != nil {
 		t.Fatalf("no resolution: %v", err)
 	}
@@ -279,7 +279,7 @@ func TestFailingAPIGivesOnePollFailingAndNoStalled(t *testing.T) {
 	t.Parallel()
 	b := setup(t, map[string]string{"POLL_FAILURES_BEFORE_ALERT": "3"})
 	b.cfg.StallAfter = time.Second
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 4, 0)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 4, 0)})
 	b.prolific.Fail(studyID, prolifictest.Fault{Endpoint: prolifictest.EndpointAll, Status: 500}, -1)
 	b.start(t)
 
@@ -301,7 +301,7 @@ func TestFailingAPIGivesOnePollFailingAndNoStalled(t *testing.T) {
 func TestSlackRateLimitDeliversOnceAfterRetryAfter(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 11, 5)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 11, 5)})
 	b.slack.FailNext(channel, slackfake.Fault{Status: 429, RetryAfter: "2"}, 1)
 	b.start(t)
 
@@ -326,7 +326,7 @@ func TestSlackRateLimitDeliversOnceAfterRetryAfter(t *testing.T) {
 func TestHealthReadinessAndMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	b.watch(t, prolifictest.Study{ID: studyID, URLs: url(10, 12, 0)})
+	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 12, 0)})
 	b.start(t)
 	b.waitPolls(t, studyID, 3)
 	b.settle(t)

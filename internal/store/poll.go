@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
@@ -80,7 +81,16 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 // checked. It reports whether the study is watched. The poll itself still
 // goes through ClaimDueStudies, so replicas never poll it twice.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `
+	return schedulePoll(ctx, s.pool, studyID, status, now)
+}
+
+// execer is what pgx pools and transactions have in common for writes.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+func schedulePoll(ctx context.Context, db execer, studyID, status string, now time.Time) (bool, error) {
+	tag, err := db.Exec(ctx, `
 		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
 		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END,
 		       status_checked_at = CASE WHEN $3 <> '' THEN $2 ELSE status_checked_at END

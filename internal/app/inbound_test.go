@@ -1,0 +1,89 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/prolific/prolifictest"
+	"github.com/taskflow-watch/taskflow-watch/internal/slackcmd"
+)
+
+const (
+	signingSecret = "8f742231b10e8888abcd99yyyzzz85a5"
+	webhookSecret = "prolific-webhook-test-secret"
+)
+
+// slash posts a slash command to the running worker exactly as Slack does.
+func (b *bundle) slash(t *testing.T, text, secret string) (int, string) {
+	t.Helper()
+	form := url.Values{"team_id": {"T1"}, "channel_id": {channel}, "user_id": {"U1"}, "command": {"/taskflow"}, "text": {text},
+		"response_url": {"https://hooks.slack.com/commands/T1/1/x"}}
+	body := form.Encode()
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	req, err := http.NewRequest(http.MethodPost, "http://"+b.app.Addr()+"/slack/commands", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Slack-Request-Timestamp", ts)
+	req.Header.Set("X-Slack-Signature", slackcmd.Sign([]byte(secret), ts, []byte(body)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	reply, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(reply)
+}
+
+func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
+	t.Parallel()
+	b := setup(t, map[string]string{"SLACK_SIGNING_SECRET": signingSecret, "PROLIFIC_WEBHOOK_SECRET": webhookSecret,
+		"POLL_SCHEDULE": "@every 1h"})
+	b.prolific.SetStudy(prolifictest.Study{ID: studyID, Name: "Wired study", URLs: progress(10, 4, 0)})
+	b.start(t)
+	// The start-up cycle finds nothing to poll.
+	b.settle(t)
+
+	// A forged request changes nothing.
+	if code, _ := b.slash(t, "watch "+studyID, "wrong-secret"); code != http.StatusUnauthorized {
+		t.Fatalf("forged command = %d, want 401", code)
+	}
+	code, reply := b.slash(t, "watch "+studyID, signingSecret)
+	if code != http.StatusOK || !strings.Contains(reply, "ephemeral") || !strings.Contains(reply, "Wired study") {
+		t.Fatalf("watch = %d %s", code, reply)
+	}
+	// The new watch triggers a poll at once, long before the hourly tick.
+	b.waitPolls(t, studyID, 1)
+
+	// A signed progress webhook polls the study again within the hour.
+	body, _ := json.Marshal(map[string]string{"event_type": prolific.EventStudyProgressChange, "resource_id": studyID})
+	status, err := b.prolific.SendWebhook(context.Background(), "http://"+b.app.Addr()+"/webhooks/prolific", []byte(webhookSecret), "evt-1", body)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("webhook = %d, %v", status, err)
+	}
+	b.waitPolls(t, studyID, 2)
+	// The same event again is a duplicate and polls nothing more.
+	if status, err := b.prolific.SendWebhook(context.Background(), "http://"+b.app.Addr()+"/webhooks/prolific", []byte(webhookSecret), "evt-1", body); err != nil || status != http.StatusOK {
+		t.Fatalf("duplicate webhook = %d, %v", status, err)
+	}
+	// A duplicate leaves the study scheduled for the next hourly tick.
+	if st, err := b.store.GetStudy(context.Background(), studyID); err != nil || time.Until(st.NextPollAt) < 30*time.Minute {
+		t.Errorf("after a duplicate webhook the study is due at %v (%v), want the next hourly tick", st.NextPollAt, err)
+	}
+	code, reply = b.slash(t, "list", signingSecret)
+	if code != http.StatusOK || !strings.Contains(reply, studyID) {
+		t.Fatalf("list = %d %s", code, reply)
+	}
+	if got := b.prolific.Requests(studyID); got != 2 {
+		t.Errorf("progress fetched %d times, want 2 (watch, then one webhook)", got)
+	}
+}
