@@ -71,11 +71,13 @@ func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
 		t.Fatalf("webhook = %d, %v", status, err)
 	}
 	b.waitPolls(t, studyID, 2)
+	b.waitScheduled(t, studyID)
 	// The same event again is a duplicate and polls nothing more.
 	if status, err := b.prolific.SendWebhook(context.Background(), "http://"+b.app.Addr()+"/webhooks/prolific", []byte(webhookSecret), "evt-1", body); err != nil || status != http.StatusOK {
 		t.Fatalf("duplicate webhook = %d, %v", status, err)
 	}
-	// A duplicate leaves the study scheduled for the next hourly tick.
+	// The handler dedupes before answering: a duplicate leaves the study
+	// scheduled for the next hourly tick.
 	if st, err := b.store.GetStudy(context.Background(), studyID); err != nil || time.Until(st.NextPollAt) < 30*time.Minute {
 		t.Errorf("after a duplicate webhook the study is due at %v (%v), want the next hourly tick", st.NextPollAt, err)
 	}
@@ -85,5 +87,23 @@ func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
 	}
 	if got := b.prolific.Requests(studyID); got != 2 {
 		t.Errorf("progress fetched %d times, want 2 (watch, then one webhook)", got)
+	}
+}
+
+// waitScheduled waits until the study's last poll is recorded and it is due
+// only at a later tick.
+func (b *bundle) waitScheduled(t *testing.T, id string) {
+	t.Helper()
+	ctx := waitCtx(t)
+	for {
+		st, err := b.store.GetStudy(ctx, id)
+		if err == nil && time.Until(st.NextPollAt) > 30*time.Minute {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("study %s never scheduled for a later tick: %+v, %v", id, st, err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
