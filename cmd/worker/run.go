@@ -169,13 +169,16 @@ func studiesCmd(ctx context.Context, args []string, getenv func(string) string, 
 }
 
 // parseFlags parses flags that may come before or after the positional
-// arguments, as operators type them either way.
+// arguments, as operators type them either way. -h lists the flags.
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
+			var defaults strings.Builder
+			fs.SetOutput(&defaults)
+			fs.PrintDefaults()
+			return nil, fmt.Errorf("%w: %s: %v\n%s", errUsage, fs.Name(), err, defaults.String())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
