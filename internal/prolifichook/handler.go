@@ -9,12 +9,12 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"slices"
 	"time"
 
+	"github.com/taskflow-watch/taskflow-watch/internal/httpx"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 )
@@ -113,23 +113,15 @@ func New(cfg Config) (*Handler, error) {
 // for a malformed body, 413 for an oversized one, 503 when the database
 // failed, so that Prolific retries and the retry is not taken for a duplicate.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
+	body, ok, tooLarge := httpx.ReadPost(w, r, h.maxBody)
+	if tooLarge {
+		h.log.Warn("prolific webhook refused: body too large", slog.Int64("limit_bytes", h.maxBody))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			h.log.Warn("prolific webhook refused: body too large", slog.Int64("limit_bytes", h.maxBody))
-			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "reading request body failed", http.StatusBadRequest)
+	if !ok {
 		return
 	}
 	now := h.now()
-	err = prolific.VerifyWebhook(h.secret, r.Header.Get(prolific.HeaderWebhookTimestamp),
+	err := prolific.VerifyWebhook(h.secret, r.Header.Get(prolific.HeaderWebhookTimestamp),
 		r.Header.Get(prolific.HeaderWebhookSignature), body, now, h.maxSkew)
 	if err != nil {
 		h.log.Warn("prolific webhook refused", slog.String("reason", err.Error()))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/slack-go/slack"
 
+	"github.com/taskflow-watch/taskflow-watch/internal/httpx"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 )
@@ -207,19 +208,11 @@ type Reply struct {
 // verifies Slack's signature before looking at anything else (401 and no
 // effect otherwise), then answers the command as JSON.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
+	body, ok, tooLarge := httpx.ReadPost(w, r, h.maxBody)
+	if tooLarge {
+		h.log.Warn("slack command refused: body too large", slog.Int64("limit_bytes", h.maxBody))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			h.log.Warn("slack command refused: body too large", slog.Int64("limit_bytes", h.maxBody))
-			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "reading request body failed", http.StatusBadRequest)
+	if !ok {
 		return
 	}
 	if err := VerifySignature(h.secret, r.Header, body, h.now()); err != nil {
