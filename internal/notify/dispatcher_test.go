@@ -2,6 +2,7 @@ package notify_test
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func setupDispatch(t *testing.T, channels ...string) dispatchBundle {
 }
 
 func (b dispatchBundle) dispatcher(owner string) *notify.Dispatcher {
-	return notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: b.clock.Now, BaseBackoff: time.Second, MaxAttempts: 4},
+	return notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: b.clock.Now, BaseBackoff: time.Second, MaxAttempts: 4,
+		Logger: slog.New(slog.DiscardHandler)},
 		b.store, notify.NewBotSender(b.slack.Token(), b.slack.URL(), nil))
 }
 

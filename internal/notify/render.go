@@ -522,34 +522,13 @@ func lastedPhrase(dur string) string {
 // justNow is how humanDuration says "under a minute".
 const justNow = "just now"
 
-// humanDuration writes d the way people say it: "just now", "40s" (short
-// thresholds, as in the demo), then rounded to minutes: "45m", "2h5m", "3d4h". Negative durations (clock skew) read as "just now".
+// humanDuration is textviz.Duration, except that under a second (or a
+// negative duration from clock skew) reads "just now".
 func humanDuration(d time.Duration) string {
 	if d < time.Second {
 		return justNow
 	}
-	if d < time.Minute {
-		return fmt.Sprintf("%ds", int(d/time.Second))
-	}
-	d = d.Round(time.Minute)
-	days := int(d / (24 * time.Hour))
-	hours := int(d % (24 * time.Hour) / time.Hour)
-	minutes := int(d % time.Hour / time.Minute)
-	var b strings.Builder
-	if days > 0 {
-		fmt.Fprintf(&b, "%dd", days)
-		if hours > 0 {
-			fmt.Fprintf(&b, "%dh", hours)
-		}
-		return b.String()
-	}
-	if hours > 0 {
-		fmt.Fprintf(&b, "%dh", hours)
-	}
-	if minutes > 0 {
-		fmt.Fprintf(&b, "%dm", minutes)
-	}
-	return b.String()
+	return textviz.Duration(d)
 }
 
 // plural writes "1 slot" or "3 slots".

@@ -463,9 +463,9 @@ func TestHumanDuration(t *testing.T) {
 		{name: "negative from clock skew", d: -time.Hour, want: "just now"},   // Never "-1h".
 		{name: "minutes", d: 45 * time.Minute, want: "45m"},                   // No hours part.
 		{name: "rounded to minutes", d: 2*time.Hour + 4*time.Minute + 40*time.Second, want: "2h5m"},
-		{name: "whole hours", d: 3 * time.Hour, want: "3h"},            // No "0m".
-		{name: "days", d: 26*time.Hour + 10*time.Minute, want: "1d2h"}, // Minutes dropped past a day.
-		{name: "whole days", d: 48 * time.Hour, want: "2d"},            // No "0h".
+		{name: "whole hours", d: 3 * time.Hour, want: "3h"},               // No "0m".
+		{name: "days", d: 26*time.Hour + 10*time.Minute, want: "1d2h10m"}, // Days, hours and minutes.
+		{name: "whole days", d: 48 * time.Hour, want: "2d"},               // No "0h".
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

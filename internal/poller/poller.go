@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/replica"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // Prolific is the part of the Prolific API the poller reads.
@@ -370,21 +370,9 @@ func (p *Poller) nextPoll(next rules.StudyState, fetchErr error, nextTick, now t
 	}
 	if next.Status == prolific.StatusCompleted {
 		return later(nextTick, now.Add(p.cfg.CompletedInterval)),
-			"study is COMPLETED: polled every " + shortDuration(p.cfg.CompletedInterval)
+			"study is COMPLETED: polled every " + textviz.Duration(p.cfg.CompletedInterval)
 	}
 	return nextTick, ""
-}
-
-// shortDuration drops the zero units time.Duration.String keeps ("1h0m0s" → "1h").
-func shortDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }
 
 func later(a, b time.Time) time.Time {

@@ -6,6 +6,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // The defaults of DESIGN.md, used when a watch and the operator leave a
@@ -268,13 +270,13 @@ func (e *evaluation) stalled(next StudyState, prevStatus string, urls []URLCount
 		e.fire(Transition{
 			Rule:   Stalled,
 			Since:  next.StallSince,
-			Reason: fmt.Sprintf("no allocation change for %s while the study is ACTIVE", formatDuration(unchanged)),
+			Reason: fmt.Sprintf("no allocation change for %s while the study is ACTIVE", textviz.Duration(unchanged)),
 		})
 	case !stalled && open:
 		var reason string
 		switch {
 		case moved:
-			reason = fmt.Sprintf("allocation moved after stalling for %s", formatDuration(e.now.Sub(a.Since)))
+			reason = fmt.Sprintf("allocation moved after stalling for %s", textviz.Duration(e.now.Sub(a.Since)))
 		case !active:
 			reason = fmt.Sprintf("the study is no longer ACTIVE (status %s)", cmp.Or(next.Status, "unknown"))
 		case !room:
@@ -282,7 +284,7 @@ func (e *evaluation) stalled(next StudyState, prevStatus string, urls []URLCount
 		case reactivated:
 			reason = fmt.Sprintf("the study became ACTIVE again after being %s", prevStatus)
 		default:
-			reason = fmt.Sprintf("allocation has been unchanged for %s, less than the stall threshold of %s", formatDuration(unchanged), formatDuration(settings.StallAfter))
+			reason = fmt.Sprintf("allocation has been unchanged for %s, less than the stall threshold of %s", textviz.Duration(unchanged), textviz.Duration(settings.StallAfter))
 		}
 		e.resolve(Transition{Rule: Stalled, Reason: reason})
 	}
@@ -386,23 +388,5 @@ func pollingWorksAgain(failures int) string {
 		return "polling works again after 1 failed poll"
 	default:
 		return fmt.Sprintf("polling works again after %d failed polls", failures)
-	}
-}
-
-// formatDuration writes a duration the way people say it in a message:
-// "7h30m", "6h", "45m", or seconds below a minute.
-func formatDuration(d time.Duration) string {
-	if d < time.Minute {
-		return d.Round(time.Second).String()
-	}
-	d = d.Round(time.Minute)
-	h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
-	switch {
-	case h == 0:
-		return fmt.Sprintf("%dm", m)
-	case m == 0:
-		return fmt.Sprintf("%dh", h)
-	default:
-		return fmt.Sprintf("%dh%dm", h, m)
 	}
 }

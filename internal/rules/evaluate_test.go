@@ -703,29 +703,6 @@ func TestEvaluateDeterministicOrder(t *testing.T) {
 	}
 }
 
-func TestFormatDuration(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   time.Duration
-		want string
-	}{
-		{7*time.Hour + 30*time.Minute, "7h30m"}, // hours and minutes
-		{6 * time.Hour, "6h"},                   // whole hours drop the minutes
-		{45 * time.Minute, "45m"},               // under an hour
-		{30 * time.Second, "30s"},               // under a minute
-		{26*time.Hour + 29*time.Second, "26h"},  // seconds round away above a minute
-		{90 * time.Second, "2m"},                // rounding to the nearest minute
-	}
-	for _, tt := range tests {
-		t.Run(tt.want, func(t *testing.T) {
-			t.Parallel()
-			if got := formatDuration(tt.in); got != tt.want {
-				t.Fatalf("formatDuration(%s) = %q, want %q", tt.in, got, tt.want)
-			}
-		})
-	}
-}
-
 func BenchmarkEvaluate(b *testing.B) {
 	urls := []URLCounts{
 		counts("https://a.example", 100, 40, 2),

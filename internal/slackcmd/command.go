@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // Verb names what a command does.
@@ -175,7 +176,7 @@ func ParseStallAfter(s string) (time.Duration, error) {
 	}
 	if d < MinStallAfter || d > MaxStallAfter {
 		return 0, usageError("The stall threshold must be between %s and %s (got %s).",
-			FormatDuration(MinStallAfter), FormatDuration(MaxStallAfter), quote(s))
+			textviz.Duration(MinStallAfter), textviz.Duration(MaxStallAfter), quote(s))
 	}
 	return d, nil
 }
@@ -252,31 +253,6 @@ func isPlainNumber(s string) bool {
 // isPlainDuration refuses signs, which time.ParseDuration would accept.
 func isPlainDuration(s string) bool {
 	return s != "" && !strings.ContainsAny(s, "+-")
-}
-
-// FormatDuration writes a threshold the way users type it: 90m, 12h,
-// 1h30m, 2d, 1d12h.
-func FormatDuration(d time.Duration) string {
-	if d <= 0 {
-		return "0m"
-	}
-	d = d.Round(time.Minute)
-	days := d / (24 * time.Hour)
-	d -= days * 24 * time.Hour
-	hours := d / time.Hour
-	d -= hours * time.Hour
-	minutes := d / time.Minute
-	var b strings.Builder
-	if days > 0 {
-		fmt.Fprintf(&b, "%dd", days)
-	}
-	if hours > 0 {
-		fmt.Fprintf(&b, "%dh", hours)
-	}
-	if minutes > 0 || b.Len() == 0 {
-		fmt.Fprintf(&b, "%dm", minutes)
-	}
-	return b.String()
 }
 
 // tokenize splits text on whitespace, keeping a Slack <link|label> in one

@@ -119,31 +119,6 @@ func TestParseCommandInvalidIDMatchesProlific(t *testing.T) {
 	}
 }
 
-func TestFormatDuration(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		d    time.Duration
-		want string
-	}{
-		{90 * time.Minute, "1h30m"},              // hours and minutes
-		{12 * time.Hour, "12h"},                  // whole hours
-		{48 * time.Hour, "2d"},                   // whole days
-		{36 * time.Hour, "1d12h"},                // days and hours
-		{15 * time.Minute, "15m"},                // minutes only
-		{0, "0m"},                                // zero
-		{30*time.Minute + 29*time.Second, "30m"}, // seconds round away
-		{6*time.Hour + 59*time.Second, "6h1m"},   // rounding up a minute
-		{30 * 24 * time.Hour, "30d"},             // the maximum
-		{25*time.Hour + 5*time.Minute, "1d1h5m"}, // every unit
-		{-time.Hour, "0m"},                       // negative is nothing
-	}
-	for _, tt := range tests {
-		if got := slackcmd.FormatDuration(tt.d); got != tt.want {
-			t.Errorf("FormatDuration(%v) = %q; want %q", tt.d, got, tt.want)
-		}
-	}
-}
-
 // FuzzParseCommand checks that no input panics and that every study id
 // returned is a real Prolific id.
 func FuzzParseCommand(f *testing.F) {

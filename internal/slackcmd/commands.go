@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -278,17 +279,17 @@ func channelStall(st store.Study, channelID string) time.Duration {
 // stallText names a threshold, saying when it is the worker default.
 func (h *Handler) stallText(d time.Duration) string {
 	if d <= 0 {
-		return FormatDuration(h.stallAfter) + " (the default)"
+		return textviz.Duration(h.stallAfter) + " (the default)"
 	}
-	return FormatDuration(d)
+	return textviz.Duration(d)
 }
 
 // stallPhrase names a threshold inside a sentence: "12h" or "the default 6h".
 func (h *Handler) stallPhrase(d time.Duration) string {
 	if d <= 0 {
-		return "the default " + FormatDuration(h.stallAfter)
+		return "the default " + textviz.Duration(h.stallAfter)
 	}
-	return FormatDuration(d)
+	return textviz.Duration(d)
 }
 
 // pollText describes the last poll of a study.
@@ -368,7 +369,7 @@ func helpReply(name, notUnderstood string, stallAfter time.Duration) Reply {
 		"*stall=*",
 		fmt.Sprintf("How long no participant may be allocated before I call the study stalled: `stall=90m`, `stall=12h`, "+
 			"`stall=2d` or plain hours `stall=12`; between %s and %s. Without it the default is %s; `stall=default` goes back to it.",
-			FormatDuration(MinStallAfter), FormatDuration(MaxStallAfter), FormatDuration(stallAfter)),
+			textviz.Duration(MinStallAfter), textviz.Duration(MaxStallAfter), textviz.Duration(stallAfter)),
 	}, "\n"))
 	b.section(strings.Join([]string{
 		"*Alerts* (posted in the channel, once when they start and once when they clear)",

@@ -1,6 +1,9 @@
 package textviz
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestProgressBar(t *testing.T) {
 	t.Parallel()
@@ -55,5 +58,28 @@ func TestSparkline(t *testing.T) {
 				t.Errorf("Sparkline(%v) = %q, want %q", tt.values, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestDuration(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"},                 // Nothing to measure.
+		{-time.Hour, "0s"},        // Clock skew never reads negative.
+		{20 * time.Second, "20s"}, // Short demo thresholds keep their seconds.
+		{59 * time.Second, "59s"}, // Not rounded up to a minute.
+		{90 * time.Second, "2m"},  // Minutes round.
+		{6 * time.Hour, "6h"},     // Whole hours drop the minutes.
+		{7*time.Hour + 30*time.Minute, "7h30m"},
+		{36 * time.Hour, "1d12h"},    // Past a day, days and hours.
+		{30 * 24 * time.Hour, "30d"}, // Whole days.
+	}
+	for _, tt := range tests {
+		if got := Duration(tt.d); got != tt.want {
+			t.Errorf("Duration(%v) = %q, want %q", tt.d, got, tt.want)
+		}
 	}
 }
