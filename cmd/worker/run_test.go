@@ -301,3 +301,26 @@ func TestHealthcheckCommand(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestMigrateCommands(t *testing.T) {
+	t.Parallel()
+	env := testEnv{"DATABASE_URL": storetest.NewSchema(t)}
+	steps := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"migrate", "version"}, "schema version 0 of 1"},
+		{[]string{"migrate", "up"}, "schema version 1 of 1"},
+		{[]string{"migrate", "down"}, "schema version 0 of 1"},
+		{[]string{"migrate", "up"}, "schema version 1 of 1"},
+	}
+	for _, s := range steps {
+		out, err := runCmd(t, env, s.args...)
+		if err != nil || !strings.Contains(out, s.want) {
+			t.Fatalf("%v = %q, %v; want %q", s.args, out, err, s.want)
+		}
+	}
+	if _, err := runCmd(t, env, "migrate", "sideways"); !errors.Is(err, errUsage) {
+		t.Errorf("migrate sideways = %v, want a usage error", err)
+	}
+}

@@ -365,3 +365,32 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestReadinessFailsWhenTheSchemaIsBehind(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.start(t)
+	ready := func() int {
+		resp, err := http.Get("http://" + b.app.Addr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d before the rollback, want 200", code)
+	}
+	if _, err := store.NewMigrator(b.cfg.DatabaseURL).Down(); err != nil {
+		t.Fatal(err)
+	}
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d with the schema rolled back, want 503", code)
+	}
+	if _, err := store.NewMigrator(b.cfg.DatabaseURL).Up(); err != nil {
+		t.Fatal(err)
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Errorf("/readyz = %d after migrating again, want 200", code)
+	}
+}
