@@ -40,6 +40,10 @@ type Options struct {
 	Now func() time.Time
 	// ShutdownGrace bounds how long in-flight polls may finish after shutdown starts.
 	ShutdownGrace time.Duration
+	// ProlificTimeout bounds one Prolific API request; zero means
+	// prolific.DefaultTimeout. Fault tests shorten it so that a hanging API
+	// times out within seconds instead of fifteen.
+	ProlificTimeout time.Duration
 	// AllowResponseURL decides where late slash-command answers may be
 	// posted; nil allows only https://*.slack.com. Tests allow their fakes.
 	AllowResponseURL func(*url.URL) bool
@@ -82,7 +86,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := prolific.New(prolific.Config{BaseURL: cfg.ProlificAPIURL, Token: cfg.ProlificToken, Now: opts.Now})
+	client, err := prolific.New(prolific.Config{BaseURL: cfg.ProlificAPIURL, Token: cfg.ProlificToken, Timeout: opts.ProlificTimeout, Now: opts.Now})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("PROLIFIC_API_URL / PROLIFIC_TOKEN: %w", err)

@@ -45,13 +45,18 @@ type BotSender struct {
 	client *slack.Client
 }
 
+// SendTimeout bounds one Slack request. Slack answers in well under a
+// second; the bound keeps a hung request from outlasting the worker's
+// shutdown grace, and stays far inside the dispatcher's claim lease.
+const SendTimeout = 10 * time.Second
+
 // NewBotSender returns a sender for token against the Web API at apiURL
 // (ending in "/"; "" means Slack itself). slack-go's own retries stay off so
 // that a 429 or 5xx comes back at once and the dispatcher decides when to
-// try again. A nil httpClient uses a client with a 30 s timeout.
+// try again. A nil httpClient uses a client with SendTimeout.
 func NewBotSender(token, apiURL string, httpClient *http.Client) *BotSender {
 	if httpClient == nil {
-		httpClient = &http.Client{Timeout: 30 * time.Second}
+		httpClient = &http.Client{Timeout: SendTimeout}
 	}
 	opts := []slack.Option{slack.OptionHTTPClient(httpClient)}
 	if apiURL != "" {
@@ -129,10 +134,10 @@ func (e *WebhookError) Error() string {
 func (e *WebhookError) Unwrap() error { return e.err }
 
 // NewWebhookSender returns a sender for the incoming webhook at webhookURL.
-// A nil httpClient uses a client with a 30 s timeout.
+// A nil httpClient uses a client with SendTimeout.
 func NewWebhookSender(webhookURL string, httpClient *http.Client) *WebhookSender {
 	if httpClient == nil {
-		httpClient = &http.Client{Timeout: 30 * time.Second}
+		httpClient = &http.Client{Timeout: SendTimeout}
 	}
 	// The copy keeps the caller's settings and adds a transport that keeps
 	// the error code Slack writes in a failed response's body.

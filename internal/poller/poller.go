@@ -112,6 +112,14 @@ type Poller struct {
 	hard       context.Context
 	cancelHard context.CancelFunc
 	stopOnce   sync.Once
+
+	// unreleased holds studies this poller still leases although no poll
+	// of them is in flight: their poll could not be recorded and the lease
+	// not handed back, because the database was unreachable. Without
+	// releasing them, each would wait out its whole Lease after the
+	// database returns.
+	unreleasedMu sync.Mutex
+	unreleased   map[string]struct{}
 }
 
 // New validates cfg and returns a Poller.
@@ -151,6 +159,7 @@ func New(cfg Config, p Prolific, s Store) (*Poller, error) {
 		kick:       make(chan struct{}, 1),
 		hard:       hard,
 		cancelHard: cancel,
+		unreleased: make(map[string]struct{}),
 	}, nil
 }
 
@@ -207,6 +216,8 @@ type CycleStats struct {
 // well inside its lease. It returns when all claimed polls are recorded.
 func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 	stats := CycleStats{Tick: tick}
+	// Cycles never overlap, so no poll of this poller is in flight here.
+	p.releaseLeftovers()
 	var (
 		mu   sync.Mutex
 		wg   sync.WaitGroup
@@ -252,12 +263,40 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 	return stats
 }
 
-// release hands an unpolled study back so another replica may take it at once.
+// release hands an unpolled study back so another replica may take it at
+// once. When the database cannot be told, the next cycle tries again.
 func (p *Poller) release(studyID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := p.store.ReleaseStudy(ctx, studyID, p.cfg.Owner); err != nil {
 		p.log.Warn("releasing study failed", slog.String("study_id", studyID), slog.Any("error", err))
+		p.unreleasedMu.Lock()
+		p.unreleased[studyID] = struct{}{}
+		p.unreleasedMu.Unlock()
+	}
+}
+
+// releaseLeftovers retries the releases that failed earlier. It must run
+// while no poll of this poller is in flight, so that it never hands back a
+// study being polled.
+func (p *Poller) releaseLeftovers() {
+	p.unreleasedMu.Lock()
+	ids := make([]string, 0, len(p.unreleased))
+	for id := range p.unreleased {
+		ids = append(ids, id)
+	}
+	p.unreleasedMu.Unlock()
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := p.store.ReleaseStudy(ctx, id, p.cfg.Owner)
+		cancel()
+		if err != nil {
+			// The database is still away; the claim that follows fails too.
+			return
+		}
+		p.unreleasedMu.Lock()
+		delete(p.unreleased, id)
+		p.unreleasedMu.Unlock()
 	}
 }
 
@@ -318,8 +357,11 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 	log := p.log.With(slog.String("study_id", c.ID))
 	switch {
 	case err != nil:
-		// The lease runs out and a later cycle polls the study again.
+		// Handing the lease back lets the next tick poll the study again,
+		// instead of waiting out the lease. If the poll was committed after
+		// all, the lease is already gone and releasing changes nothing.
 		log.Error("recording poll failed", slog.Any("error", err))
+		p.release(c.ID)
 		return false
 	case res.Lost:
 		log.Warn("lease lost before the poll was recorded; another replica polls this study")
