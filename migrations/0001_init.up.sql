@@ -20,7 +20,8 @@ CREATE TABLE studies (
     stall_since          timestamptz
 );
 
-CREATE INDEX studies_next_poll_at_idx ON studies (next_poll_at);
+-- Serves the claim, which takes due studies in (next_poll_at, id) order.
+CREATE INDEX studies_due_idx ON studies (next_poll_at, id);
 
 -- Which Slack channel watches which study. Removing the last watch stops polling.
 CREATE TABLE watches (

@@ -41,7 +41,7 @@ func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now ti
 			FOR UPDATE SKIP LOCKED
 		)
 		UPDATE studies s SET lease_owner = $2, lease_until = $3
-		FROM due WHERE s.id = due.id
+		WHERE s.id = ANY (ARRAY(SELECT id FROM due))
 		RETURNING s.id, s.name, s.status, coalesce(s.status_checked_at, '-infinity')`,
 		now, owner, now.Add(lease), limit, dueBy)
 	if err != nil {
@@ -169,13 +169,21 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			name        string
 			stallAfterS int64
 		)
+		// One round trip reads everything the rules need; each part is an
+		// index lookup, so the cost does not grow with the study's history.
 		err := tx.QueryRow(ctx, `
 			SELECT s.name, s.status, s.consecutive_failures, s.stall_since, s.lease_owner,
-			       coalesce((SELECT min(stall_after_seconds) FROM watches w WHERE w.study_id = s.id), 0)
-			FROM studies s WHERE s.id = $1 FOR UPDATE`, rec.StudyID).
-			Scan(&name, &prev.State.Status, &prev.State.ConsecutiveFailures, &stallSince, &leaseOwner, &stallAfterS)
+			       coalesce((SELECT min(stall_after_seconds) FROM watches w WHERE w.study_id = s.id), 0),
+			       (SELECT o.progress FROM observations o WHERE o.study_id = s.id
+			        ORDER BY o.observed_at DESC, o.id DESC LIMIT 1),
+			       (SELECT jsonb_agg(jsonb_build_object('rule', a.rule, 'external_url', a.external_url, 'since', a.fired_at)
+			               ORDER BY a.rule, a.external_url)
+			        FROM alerts a WHERE a.study_id = s.id AND a.resolved_at IS NULL)
+			FROM studies s WHERE s.id = $1 FOR UPDATE OF s`, rec.StudyID).
+			Scan(&name, &prev.State.Status, &prev.State.ConsecutiveFailures, &stallSince, &leaseOwner, &stallAfterS,
+				&prev.State.URLs, &prev.State.Open)
 		if err != nil {
-			return fmt.Errorf("locking study: %w", notFound(err))
+			return fmt.Errorf("loading study state: %w", notFound(err))
 		}
 		if leaseOwner == nil || *leaseOwner != rec.Owner {
 			res.Lost = true
@@ -185,39 +193,33 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			prev.State.StallSince = *stallSince
 		}
 		prev.StallAfter = time.Duration(stallAfterS) * time.Second
-		if prev.State.URLs, err = lastObservation(ctx, tx, rec.StudyID); err != nil {
-			return err
-		}
-		if prev.State.Open, err = openAlerts(ctx, tx, rec.StudyID); err != nil {
-			return err
-		}
 
 		ev := eval(prev)
 		next, transitions := ev.State, ev.Transitions
-
-		if rec.OK && !slices.Equal(prev.State.URLs, next.URLs) {
-			if err := insertObservation(ctx, tx, rec.StudyID, rec.At, next.URLs); err != nil {
-				return err
-			}
-			res.ObservationWritten = true
-		}
 		name = cmp.Or(rec.Name, name)
 		queued, err := writeTransitions(ctx, tx, rec.StudyID, name, transitions)
 		if err != nil {
 			return err
 		}
+
+		// The remaining writes go in one pipelined round trip.
+		writes := &pgx.Batch{}
+		if rec.OK && !slices.Equal(prev.State.URLs, next.URLs) {
+			if err := queueObservation(writes, rec.StudyID, rec.At, next.URLs); err != nil {
+				return err
+			}
+			res.ObservationWritten = true
+		}
 		if len(transitions) == 0 && !res.ObservationWritten {
 			// Only bookkeeping changed: losing it in a database crash costs
 			// nothing, because the next poll recomputes the same state.
-			if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-				return fmt.Errorf("relaxing commit: %w", err)
-			}
+			writes.Queue(`SET LOCAL synchronous_commit = off`)
 		}
 		var nextStallSince *time.Time
 		if !next.StallSince.IsZero() {
 			nextStallSince = &next.StallSince
 		}
-		_, err = tx.Exec(ctx, `
+		writes.Queue(`
 			UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
 			       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
 			       next_poll_at = $10, lease_owner = NULL, lease_until = NULL,
@@ -225,8 +227,8 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			WHERE id = $1`,
 			rec.StudyID, name, next.Status, next.ConsecutiveFailures, nextStallSince,
 			rec.At, rec.OK, rec.Error, ev.Note, ev.NextPollAt, rec.StatusChecked)
-		if err != nil {
-			return fmt.Errorf("updating study: %w", err)
+		if err := tx.SendBatch(ctx, writes).Close(); err != nil {
+			return fmt.Errorf("writing poll: %w", err)
 		}
 		res.Transitions, res.Queued = transitions, queued
 		return nil
@@ -237,24 +239,7 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 	return res, nil
 }
 
-func lastObservation(ctx context.Context, q querier, studyID string) ([]rules.URLCounts, error) {
-	rows, err := q.Query(ctx, `
-		SELECT progress FROM observations
-		WHERE study_id = $1 ORDER BY observed_at DESC, id DESC LIMIT 1`, studyID)
-	if err != nil {
-		return nil, fmt.Errorf("loading last observation: %w", err)
-	}
-	urls, err := pgx.CollectRows(rows, pgx.RowTo[[]rules.URLCounts])
-	if err != nil {
-		return nil, fmt.Errorf("loading last observation: %w", err)
-	}
-	if len(urls) == 0 {
-		return nil, nil
-	}
-	return urls[0], nil
-}
-
-func insertObservation(ctx context.Context, tx pgx.Tx, studyID string, at time.Time, urls []rules.URLCounts) error {
+func queueObservation(b *pgx.Batch, studyID string, at time.Time, urls []rules.URLCounts) error {
 	progress, err := json.Marshal(urls)
 	if err != nil {
 		return fmt.Errorf("encoding observation: %w", err)
@@ -263,12 +248,9 @@ func insertObservation(ctx context.Context, tx pgx.Tx, studyID string, at time.T
 	for _, u := range urls {
 		total += u.Allocated
 	}
-	_, err = tx.Exec(ctx, `
+	b.Queue(`
 		INSERT INTO observations (study_id, observed_at, progress, allocated_total)
 		VALUES ($1, $2, $3, $4)`, studyID, at, progress, total)
-	if err != nil {
-		return fmt.Errorf("inserting observation: %w", err)
-	}
 	return nil
 }
 

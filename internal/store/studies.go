@@ -236,27 +236,3 @@ func scanWatch(row pgx.CollectableRow) (Watch, error) {
 	w.StallAfter = time.Duration(secs) * time.Second
 	return w, err
 }
-
-// querier is what pgx pools and transactions have in common.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func openAlerts(ctx context.Context, q querier, studyID string) ([]rules.OpenAlert, error) {
-	rows, err := q.Query(ctx, `
-		SELECT rule, external_url, fired_at FROM alerts
-		WHERE study_id = $1 AND resolved_at IS NULL
-		ORDER BY rule, external_url`, studyID)
-	if err != nil {
-		return nil, fmt.Errorf("loading open alerts: %w", err)
-	}
-	alerts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (rules.OpenAlert, error) {
-		var a rules.OpenAlert
-		err := row.Scan(&a.Rule, &a.ExternalURL, &a.Since)
-		return a, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("loading open alerts: %w", err)
-	}
-	return alerts, nil
-}
