@@ -8,11 +8,11 @@ WITH_PG := scripts/with-postgres.sh
 test: ## run the whole test suite against a real Postgres
 	$(WITH_PG) $(GO) test -race -count=1 ./...
 
-demo: ## run the worker against the built-in Prolific simulator
-	$(WITH_PG) $(GO) run ./cmd/worker demo
+demo: build ## run the worker against the built-in Prolific simulator (Ctrl-C stops it)
+	$(WITH_PG) bin/worker demo
 
 # Each benchmark of BENCHMARKS.md runs with the repetitions it needs and
-# prints the medians of its repetitions; about 6 minutes in all.
+# prints the medians of its repetitions; about 4 minutes in all.
 BENCH := $(WITH_PG) $(GO) test -run '^$$' -count 1 -timeout 20m ./internal/bench
 bench: ## run the benchmarks recorded in BENCHMARKS.md, then the packages' micro-benchmarks
 	$(BENCH) -bench '^BenchmarkCycleOverhead$$' -benchtime 7x

@@ -62,8 +62,9 @@ CREATE TABLE alerts (
     resolved_at  timestamptz
 );
 
--- At most one open alert per (study, rule, URL).
-CREATE UNIQUE INDEX alerts_open_idx ON alerts (study_id, rule, external_url) WHERE resolved_at IS NULL;
+-- At most one open alert per (study, rule, URL). The URL is indexed by its
+-- hash: survey URLs can be longer than a btree entry may be.
+CREATE UNIQUE INDEX alerts_open_idx ON alerts (study_id, rule, md5(external_url)) WHERE resolved_at IS NULL;
 CREATE INDEX alerts_resolved_at_idx ON alerts (resolved_at) WHERE resolved_at IS NOT NULL;
 
 -- One row per transition and watching channel, written in the poll's transaction.

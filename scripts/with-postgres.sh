@@ -68,7 +68,6 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 log "starting a throwaway cluster in $dir on port $port"
 "${as_user[@]}" "$initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 || {
@@ -82,8 +81,16 @@ log "starting a throwaway cluster in $dir on port $port"
 }
 url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 export TEST_DATABASE_URL=$url DATABASE_URL=$url
-set +e
-"$@"
-status=$?
-set -e
-exit $status
+
+# Run the command as a child and pass Ctrl-C or a TERM on to it, so it
+# shuts down gracefully; its exit status becomes ours, and the cluster is
+# removed after it has stopped.
+"$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' INT TERM
+status=0
+while :; do
+	wait "$child" && status=0 || status=$?
+	kill -0 "$child" 2>/dev/null || break
+done
+exit "$status"

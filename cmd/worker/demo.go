@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -19,7 +20,10 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 )
 
-const demoToken = "demo-token"
+const (
+	demoToken        = "demo-token"
+	demoSchemaPrefix = "taskflow_demo"
+)
 
 // demo runs the worker against the built-in Prolific simulator: four
 // scripted studies that over-allocate, screen out, stall and complete. It
@@ -32,10 +36,14 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	step := flags.Duration("step", 2*time.Second, "how often the simulated studies move")
 	stallAfter := flags.Duration("stall-after", 20*time.Second, "no-progress threshold for the demo")
 	schedule := flags.String("schedule", "@every 2s", "poll schedule for the demo")
-	schema := flags.String("schema", "taskflow_demo", "Postgres schema the demo recreates and uses")
+	schema := flags.String("schema", demoSchemaPrefix, "Postgres schema the demo recreates and uses (must start with "+demoSchemaPrefix+")")
 	channel := flags.String("channel", "demo", "Slack channel id the demo studies alert (with Slack variables set)")
 	if _, err := parseFlags(flags, args); err != nil {
 		return err
+	}
+	// The demo drops and recreates its schema: never one the worker may be using.
+	if !strings.HasPrefix(*schema, demoSchemaPrefix) {
+		return fmt.Errorf("%w: --schema must start with %s, since the demo drops and recreates it", errUsage, demoSchemaPrefix)
 	}
 	cfg, err := config.Load(getenv, config.Need{Database: true})
 	if err != nil {
@@ -129,6 +137,6 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	if err != nil {
 		fmt.Fprintln(stderr, "demo: reading the final state:", err)
 	}
-	fmt.Fprintf(stderr, "demo stopped; its state stays in schema %s until the next run\n", *schema)
+	fmt.Fprintln(stderr, "demo stopped")
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ import (
 // every scripted situation produced its alerts, and nothing else did.
 func TestDemoScenario(t *testing.T) {
 	t.Parallel()
-	base, schema := storetest.BaseURL(t), storetest.SchemaName(t)
+	base, schema := storetest.BaseURL(t), demoSchemaPrefix+"_"+storetest.SchemaName(t)
 	t.Cleanup(func() { _ = store.DropSchema(context.Background(), base, schema) })
 	env := testEnv{"DATABASE_URL": base}
 
@@ -95,5 +96,13 @@ func TestDemoScenario(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "where the demo studies ended up") {
 		t.Errorf("demo did not print its summary:\n%s", stderr.String())
+	}
+}
+
+func TestDemoRefusesForeignSchemas(t *testing.T) {
+	t.Parallel()
+	_, err := runCmd(t, testEnv{"DATABASE_URL": "postgres://unused"}, "demo", "--schema", "public")
+	if !errors.Is(err, errUsage) {
+		t.Fatalf("demo --schema public = %v, want a usage error before anything is dropped", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -16,7 +17,9 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/app"
 	"github.com/taskflow-watch/taskflow-watch/internal/config"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 const usage = `usage: worker [command]
@@ -42,6 +45,10 @@ Configuration is read from the environment; see README.md.
 
 // errUsage marks errors caused by how the command was called.
 var errUsage = errors.New("usage")
+
+// channelID is what a channel given on the command line may look like: a
+// Slack channel id, or a plain label when notifications go to stdout.
+var channelID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,80}$`)
 
 // run is the whole program: main only adds signals and the exit code.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -178,7 +185,7 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 			var defaults strings.Builder
 			fs.SetOutput(&defaults)
 			fs.PrintDefaults()
-			return nil, fmt.Errorf("%w: %s: %v\n%s", errUsage, fs.Name(), err, defaults.String())
+			return nil, fmt.Errorf("%w: %s: %w\n%s", errUsage, fs.Name(), err, defaults.String())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -200,11 +207,12 @@ func studiesAdd(ctx context.Context, cfg config.Config, args []string, stdout io
 	if len(pos) != 1 {
 		return fmt.Errorf("%w: studies add <study id or Prolific study URL> --channel C… [--stall-after 6h]", errUsage)
 	}
-	if *channel == "" {
-		return fmt.Errorf("%w: studies add needs --channel (the Slack channel id, e.g. C0123456789)", errUsage)
+	if !channelID.MatchString(*channel) {
+		return fmt.Errorf("%w: studies add needs --channel with a Slack channel id (letters, digits, - or _; e.g. C0123456789)", errUsage)
 	}
-	if *stallAfter < 0 || (*stallAfter > 0 && *stallAfter < time.Minute) {
-		return fmt.Errorf("%w: --stall-after must be at least 1m", errUsage)
+	if *stallAfter != 0 && (*stallAfter < rules.MinStallAfter || *stallAfter > rules.MaxStallAfter) {
+		return fmt.Errorf("%w: --stall-after must be between %s and %s", errUsage,
+			textviz.Duration(rules.MinStallAfter), textviz.Duration(rules.MaxStallAfter))
 	}
 	id, err := prolific.ParseStudyRef(pos[0])
 	if err != nil {

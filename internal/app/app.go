@@ -65,9 +65,10 @@ type App struct {
 	server     *http.Server
 }
 
-// New applies pending migrations, builds every component and binds the
-// HTTP listener. It fails before anything runs when the schema is dirty or
-// newer than this build, or the database cannot be reached.
+// New checks the Prolific settings and binds the HTTP listener, then applies
+// pending migrations and builds every component. It fails before anything
+// runs when a setting is unusable, the schema is dirty or newer than this
+// build, or the database cannot be reached.
 func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -76,20 +77,44 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		opts.Logger = slog.Default()
 	}
 	log := opts.Logger
+	// Everything that can be checked without the database is checked
+	// first, so a bad setting stops the worker before it migrates anything.
+	client, err := prolific.New(prolific.Config{BaseURL: cfg.ProlificAPIURL, Token: cfg.ProlificToken, Timeout: opts.ProlificTimeout, Now: opts.Now})
+	if err != nil {
+		return nil, fmt.Errorf("PROLIFIC_API_URL / PROLIFIC_TOKEN: %w", err)
+	}
+	listener, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	a, err := build(ctx, cfg, opts, client)
+	if err != nil {
+		listener.Close()
+		return nil, err
+	}
+	a.listener = listener
+	a.server = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return a, nil
+}
+
+// build applies pending migrations and assembles the components.
+func build(ctx context.Context, cfg config.Config, opts Options, client *prolific.Client) (*App, error) {
+	log := opts.Logger
 	st, err := store.NewMigrator(cfg.DatabaseURL).Up()
 	if err != nil {
 		return nil, fmt.Errorf("applying migrations: %w", err)
 	}
 	log.Info("database schema is current", slog.Int("version", int(st.Version)))
-
 	db, err := store.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return nil, err
-	}
-	client, err := prolific.New(prolific.Config{BaseURL: cfg.ProlificAPIURL, Token: cfg.ProlificToken, Timeout: opts.ProlificTimeout, Now: opts.Now})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("PROLIFIC_API_URL / PROLIFIC_TOKEN: %w", err)
 	}
 	owner := replica.Name()
 	a := &App{cfg: cfg, log: log, now: opts.Now, store: db, prolific: client}
@@ -106,6 +131,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		Logger:        log,
 		Observer:      a.metrics,
 		Queued:        a.dispatcher.Trigger,
+		Destination:   destination(cfg),
 	}, client, db)
 	if err != nil {
 		db.Close()
@@ -114,19 +140,6 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err := a.inbound(opts); err != nil {
 		db.Close()
 		return nil, err
-	}
-	a.listener, err = net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("HTTP_ADDR: %w", err)
-	}
-	a.server = &http.Server{
-		Handler:           a.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return a, nil
 }
@@ -165,6 +178,16 @@ func (a *App) inbound(opts Options) error {
 		}
 	}
 	return nil
+}
+
+// destination is the single outbox destination of incoming-webhook mode,
+// where every message lands in the webhook's one channel whoever watches:
+// one message per transition, not one per watching channel.
+func destination(cfg config.Config) string {
+	if cfg.SlackMode() == "webhook" {
+		return "incoming-webhook"
+	}
+	return ""
 }
 
 // newSender picks the notification transport from the Slack variables: a

@@ -394,3 +394,23 @@ func TestReadinessFailsWhenTheSchemaIsBehind(t *testing.T) {
 		t.Errorf("/readyz = %d after migrating again, want 200", code)
 	}
 }
+
+func TestIncomingWebhookModePostsEachAlertOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.cfg.SlackBotToken, b.cfg.SlackWebhookURL = "", b.slack.WebhookURL()
+	b.prolific.SetStudy(prolifictest.Study{ID: studyID, Name: "Webhook study", URLs: progress(10, 12, 3)})
+	// Three channels watch, but an incoming webhook reaches one channel.
+	for _, ch := range []string{"C1", "C2", "C3"} {
+		if _, err := b.store.AddWatch(context.Background(), store.StudyInfo{ID: studyID}, store.Watch{ChannelID: ch}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.start(t)
+	b.waitPolls(t, studyID, 3)
+	b.settle(t)
+	posts := b.slack.WebhookPosts()
+	if len(posts) != 1 || !strings.Contains(posts[0].Text, "Over allocation") {
+		t.Fatalf("webhook posts = %+v, want the over-allocation once", posts)
+	}
+}

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // Config is the validated configuration.
@@ -58,21 +61,21 @@ func Load(getenv func(string) string, need Need) (Config, error) {
 	r := reader{getenv: getenv}
 	c := Config{
 		DatabaseURL:             r.str("DATABASE_URL", "", need.Database),
-		ProlificToken:           r.str("PROLIFIC_TOKEN", "", need.Prolific),
+		ProlificToken:           r.token("PROLIFIC_TOKEN", need.Prolific),
 		ProlificAPIURL:          r.url("PROLIFIC_API_URL", DefaultProlificAPIURL),
 		ProlificWebhookSecret:   r.str("PROLIFIC_WEBHOOK_SECRET", "", false),
-		SlackBotToken:           r.str("SLACK_BOT_TOKEN", "", false),
+		SlackBotToken:           r.token("SLACK_BOT_TOKEN", false),
 		SlackAPIURL:             r.url("SLACK_API_URL", DefaultSlackAPIURL),
 		SlackSigningSecret:      r.str("SLACK_SIGNING_SECRET", "", false),
-		SlackAppToken:           r.str("SLACK_APP_TOKEN", "", false),
+		SlackAppToken:           r.token("SLACK_APP_TOKEN", false),
 		SlackWebhookURL:         r.secretURL("SLACK_WEBHOOK_URL"),
 		SlackAllowedTeams:       r.list("SLACK_ALLOWED_TEAMS"),
 		PollSchedule:            r.schedule("POLL_SCHEDULE", DefaultPollSchedule),
-		StallAfter:              r.duration("STALL_AFTER", 6*time.Hour, time.Minute),
+		StallAfter:              r.duration("STALL_AFTER", rules.DefaultStallAfter, rules.MinStallAfter, rules.MaxStallAfter),
 		PollFailuresBeforeAlert: r.int("POLL_FAILURES_BEFORE_ALERT", 3, 1, 1000),
 		PollConcurrency:         r.int("POLL_CONCURRENCY", 8, 1, 1000),
 		HTTPAddr:                r.addr("HTTP_ADDR", DefaultHTTPAddr),
-		Retention:               r.duration("RETENTION", 2160*time.Hour, time.Hour),
+		Retention:               r.duration("RETENTION", 2160*time.Hour, time.Hour, 100*365*24*time.Hour),
 		LogFormat:               r.oneOf("LOG_FORMAT", "json", "json", "text"),
 		LogLevel:                r.level("LOG_LEVEL"),
 	}
@@ -119,11 +122,28 @@ func (r *reader) str(name, def string, required bool) string {
 	return v
 }
 
+// url validates an API base URL. The value is echoed only without any
+// credentials it might carry.
 func (r *reader) url(name, def string) string {
 	v := r.str(name, def, false)
 	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		r.fail(name, "must be an absolute http(s) URL, got %q", v)
+	switch {
+	case err != nil:
+		r.fail(name, "must be an absolute http(s) URL (it does not parse)")
+	case u.User != nil:
+		r.fail(name, "must not carry credentials (got %q)", u.Redacted())
+	case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		r.fail(name, "must be an absolute http(s) URL, got %q", u.Redacted())
+	}
+	return v
+}
+
+// token reads a credential: it must not contain spaces or control
+// characters (a pasted line break, say), and is never echoed.
+func (r *reader) token(name string, required bool) string {
+	v := r.str(name, "", required)
+	if strings.ContainsFunc(v, func(c rune) bool { return c <= ' ' || c == 0x7f }) {
+		r.fail(name, "must not contain spaces or control characters (value not shown)")
 	}
 	return v
 }
@@ -159,7 +179,7 @@ func (r *reader) schedule(name, def string) string {
 	return v
 }
 
-func (r *reader) duration(name string, def, least time.Duration) time.Duration {
+func (r *reader) duration(name string, def, least, most time.Duration) time.Duration {
 	v := r.str(name, "", false)
 	if v == "" {
 		return def
@@ -169,8 +189,8 @@ func (r *reader) duration(name string, def, least time.Duration) time.Duration {
 		r.fail(name, "must be a duration like 6h or 90m, got %q", v)
 		return def
 	}
-	if d < least {
-		r.fail(name, "must be at least %s, got %s", least, d)
+	if d < least || d > most {
+		r.fail(name, "must be between %s and %s, got %s", textviz.Duration(least), textviz.Duration(most), v)
 	}
 	return d
 }
@@ -190,8 +210,9 @@ func (r *reader) int(name string, def, lo, hi int) int {
 
 func (r *reader) addr(name, def string) string {
 	v := r.str(name, def, false)
-	if _, _, err := net.SplitHostPort(v); err != nil {
-		r.fail(name, "must be host:port or :port, got %q", v)
+	_, port, err := net.SplitHostPort(v)
+	if n, convErr := strconv.Atoi(port); err != nil || convErr != nil || n < 0 || n > 65535 {
+		r.fail(name, "must be host:port or :port with a port from 0 to 65535, got %q", v)
 	}
 	return v
 }

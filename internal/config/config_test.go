@@ -34,17 +34,19 @@ func TestLoadReportsEveryProblemByName(t *testing.T) {
 		"LOG_LEVEL":         "loud",
 		"SLACK_WEBHOOK_URL": "hooks.example/secret-path",
 		"SLACK_APP_TOKEN":   "xoxb-not-an-app-token",
+		"PROLIFIC_API_URL":  "ftp://user:PWSECRET@127.0.0.1:18091",
+		"RETENTION":         "1m",
 	}), Need{Database: true, Prolific: true})
 	if err == nil {
 		t.Fatal("invalid configuration accepted")
 	}
 	for _, name := range []string{"DATABASE_URL", "PROLIFIC_TOKEN", "POLL_SCHEDULE", "STALL_AFTER", "POLL_CONCURRENCY",
-		"HTTP_ADDR", "LOG_LEVEL", "SLACK_WEBHOOK_URL", "SLACK_APP_TOKEN", "SLACK_BOT_TOKEN"} {
+		"HTTP_ADDR", "LOG_LEVEL", "SLACK_WEBHOOK_URL", "SLACK_APP_TOKEN", "SLACK_BOT_TOKEN", "PROLIFIC_API_URL", "RETENTION"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s:\n%v", name, err)
 		}
 	}
-	for _, secret := range []string{"secret-path", "xoxb-not-an-app-token"} {
+	for _, secret := range []string{"secret-path", "xoxb-not-an-app-token", "PWSECRET"} {
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("error echoes a secret %q:\n%v", secret, err)
 		}
@@ -74,6 +76,40 @@ func TestSlackMode(t *testing.T) {
 			}
 			if got := c.SlackMode(); got != tt.want {
 				t.Errorf("SlackMode = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadRejectsValuesThatWouldFailLater(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, variable, value string
+	}{
+		// A port out of range would only fail when the listener binds.
+		{"port range", "HTTP_ADDR", "127.0.0.1:99999"},
+		// A named port is not a port number.
+		{"named port", "HTTP_ADDR", "foo:bar"},
+		// A token with a space would be refused by every request.
+		{"token space", "PROLIFIC_TOKEN", "tok with space"},
+		// A pasted line break in a bot token.
+		{"token newline", "SLACK_BOT_TOKEN", "xoxb-1\nxoxb-2"},
+		// Credentials in an API URL are refused and not echoed.
+		{"url credentials", "PROLIFIC_API_URL", "http://user:pw@127.0.0.1:8080"},
+		// Stall thresholds share the bounds of the slash command's stall=.
+		{"stall too short", "STALL_AFTER", "1m"},
+		{"stall too long", "STALL_AFTER", "1000000h"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			vars := map[string]string{"DATABASE_URL": "postgres://x", "PROLIFIC_TOKEN": "tok", tt.variable: tt.value}
+			_, err := Load(env(vars), Need{Database: true, Prolific: true})
+			if err == nil || !strings.Contains(err.Error(), tt.variable) {
+				t.Fatalf("err = %v, want it to name %s", err, tt.variable)
+			}
+			if strings.Contains(err.Error(), "pw@") || strings.Contains(err.Error(), "tok with space") {
+				t.Errorf("error echoes a secret: %v", err)
 			}
 		})
 	}

@@ -42,7 +42,7 @@ func New(outbox OutboxReader, now func() time.Time, log *slog.Logger) *Metrics {
 		registry: prometheus.NewRegistry(),
 		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taskflow_polls_total",
-			Help: "Study polls by outcome (ok, rate_limited, server_error, auth_error, not_found, malformed, network_error, error).",
+			Help: "Study polls by outcome (ok, rate_limited, server_error, auth_error, not_found, malformed, network_error, error, store_error).",
 		}, []string{"outcome"}),
 		pollLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "taskflow_poll_duration_seconds",

@@ -81,6 +81,10 @@ type Dispatcher struct {
 	sender Sender
 	log    *slog.Logger
 	kick   chan struct{}
+
+	// claimFailing is set while claims fail, so an outage is logged once
+	// rather than every Interval. Only the Start loop touches it.
+	claimFailing bool
 }
 
 // NewDispatcher returns a Dispatcher sending through sender.
@@ -114,14 +118,20 @@ func (d *Dispatcher) Trigger() {
 // whenever triggered. A send in flight when ctx ends is allowed to finish,
 // so that a delivered message is also recorded as delivered.
 func (d *Dispatcher) Start(ctx context.Context) error {
-	ticker := time.NewTicker(d.cfg.Interval)
-	defer ticker.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		d.RunOnce(ctx)
+		// After a round that sent, a channel's next message is due one Pace
+		// later: look again then rather than at the next Interval.
+		wait := d.cfg.Interval
+		if d.RunOnce(ctx) > 0 {
+			wait = d.cfg.Pace
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-ticker.C:
+		case <-timer.C:
 		case <-d.kick:
 		}
 	}
@@ -135,10 +145,15 @@ func (d *Dispatcher) RunOnce(ctx context.Context) int {
 	for ctx.Err() == nil {
 		msgs, err := d.store.ClaimOutbox(ctx, d.cfg.Owner, d.cfg.Now(), d.cfg.Lease, d.cfg.Pace, d.cfg.Batch)
 		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("claiming outbox failed", slog.Any("error", err))
+			if ctx.Err() == nil && !d.claimFailing {
+				d.log.Warn("claiming outbox failed; retrying every interval until the database answers", slog.Any("error", err))
 			}
+			d.claimFailing = true
 			return sent
+		}
+		if d.claimFailing {
+			d.log.Info("claiming outbox works again")
+			d.claimFailing = false
 		}
 		if len(msgs) == 0 {
 			return sent
@@ -181,6 +196,8 @@ func (d *Dispatcher) deliver(ctx context.Context, m store.OutboxMessage) bool {
 			log.Error("recording delivery failed", slog.Any("error", err))
 		case !ok:
 			log.Warn("claim expired before the delivery was recorded; another replica may send it again")
+		default:
+			log.Info("notification delivered", slog.Int("attempt", m.Attempts))
 		}
 		d.observe(DeliverySent, "")
 		return true
@@ -205,7 +222,7 @@ func (d *Dispatcher) deliver(ctx context.Context, m store.OutboxMessage) bool {
 			}
 		}
 		log.Info("notification will be retried", slog.String("reason", verdict.Reason),
-			slog.Int("attempt", m.Attempts), slog.Duration("wait", wait))
+			slog.Int("attempt", m.Attempts), slog.String("wait", wait.Round(time.Millisecond).String()))
 		if err := d.store.MarkRetry(ctx, m.ID, d.cfg.Owner, now.Add(wait), verdict.Reason); err != nil {
 			log.Error("scheduling retry failed", slog.Any("error", err))
 		}

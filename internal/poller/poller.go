@@ -32,6 +32,7 @@ type Prolific interface {
 type Store interface {
 	ClaimDueStudies(ctx context.Context, owner string, dueBy, now time.Time, lease time.Duration, limit int) ([]store.ClaimedStudy, error)
 	RecordPoll(ctx context.Context, rec store.PollRecord, eval store.Evaluator) (store.PollResult, error)
+	RecordPollFailure(ctx context.Context, studyID, owner string, at time.Time, reason string) (bool, error)
 	ReleaseStudy(ctx context.Context, studyID, owner string) error
 }
 
@@ -54,6 +55,8 @@ const (
 	OutcomeMalformed   Outcome = "malformed"
 	OutcomeNetwork     Outcome = "network_error"
 	OutcomeOther       Outcome = "error"
+	// OutcomeStoreError: the fetch worked but the database did not take the poll.
+	OutcomeStoreError Outcome = "store_error"
 )
 
 // Defaults for Config fields left zero.
@@ -97,6 +100,9 @@ type Config struct {
 	Observer Observer
 	// Queued is called after a poll queued outbox messages, to wake the dispatcher.
 	Queued func()
+	// Destination, when set, sends every transition to that one outbox
+	// destination instead of to each watching channel (incoming-webhook mode).
+	Destination string
 }
 
 // Poller polls due studies on a schedule. Create it with New.
@@ -263,6 +269,19 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 	return stats
 }
 
+// recordFailure notes on the study that its poll could not be stored and
+// releases it; when even that fails (the database is away), the release is
+// retried by the next cycle.
+func (p *Poller) recordFailure(studyID string, at time.Time, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.store.RecordPollFailure(ctx, studyID, p.cfg.Owner, at, "storing the poll failed: "+cause.Error()); err != nil {
+		p.unreleasedMu.Lock()
+		p.unreleased[studyID] = struct{}{}
+		p.unreleasedMu.Unlock()
+	}
+}
+
 // release hands an unpolled study back so another replica may take it at
 // once. When the database cannot be told, the next cycle tries again.
 func (p *Poller) release(studyID string) {
@@ -333,7 +352,8 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 	}
 	at := p.cfg.Now()
 	poll := rules.Poll{Status: f.study.Status}
-	rec := store.PollRecord{StudyID: c.ID, Owner: p.cfg.Owner, At: at, Name: f.study.Name, StatusChecked: f.statusChecked}
+	rec := store.PollRecord{StudyID: c.ID, Owner: p.cfg.Owner, At: at, Name: f.study.Name, StatusChecked: f.statusChecked,
+		Destination: p.cfg.Destination}
 	outcome := OutcomeOK
 	if f.err != nil {
 		outcome = classify(f.err)
@@ -357,17 +377,21 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 	log := p.log.With(slog.String("study_id", c.ID))
 	switch {
 	case err != nil:
-		// Handing the lease back lets the next tick poll the study again,
+		// Noting the failure on the study shows it in `studies list`, and
+		// handing the lease back lets the next tick poll the study again
 		// instead of waiting out the lease. If the poll was committed after
-		// all, the lease is already gone and releasing changes nothing.
+		// all, the lease is already gone and this changes nothing.
 		log.Error("recording poll failed", slog.Any("error", err))
-		p.release(c.ID)
+		p.recordFailure(c.ID, at, err)
+		if p.cfg.Observer != nil {
+			p.cfg.Observer.PollDone(OutcomeStoreError, latency, store.PollResult{})
+		}
 		return false
 	case res.Lost:
 		log.Warn("lease lost before the poll was recorded; another replica polls this study")
 		return false
 	}
-	log.Debug("polled study", slog.String("outcome", string(outcome)), slog.Duration("latency", latency),
+	log.Debug("polled study", slog.String("outcome", string(outcome)), slog.String("latency", latency.Round(time.Millisecond).String()),
 		slog.Bool("observation_written", res.ObservationWritten), slog.Any("poll_error", errOrNil(f.err)))
 	for _, tr := range res.Transitions {
 		log.Info("alert transition", slog.String("rule", string(tr.Rule)), slog.String("state", string(tr.State)),
@@ -401,7 +425,9 @@ func (p *Poller) nextPoll(next rules.StudyState, fetchErr error, nextTick, now t
 			backoff *= 2
 		}
 		backoff = min(backoff, max(p.cfg.MaxBackoff, period))
-		if ra := prolific.RetryAfter(fetchErr); ra > backoff {
+		// Retry-After is honoured up to MaxBackoff: a server asking for a
+		// day (or a year) must not silently end the watch.
+		if ra := min(prolific.RetryAfter(fetchErr), p.cfg.MaxBackoff); ra > backoff {
 			backoff = ra
 		}
 		at := later(nextTick, now.Add(backoff))

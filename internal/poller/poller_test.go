@@ -2,7 +2,9 @@ package poller
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -183,5 +185,50 @@ func TestNewRejectsBadSchedule(t *testing.T) {
 	t.Parallel()
 	if _, err := New(Config{Schedule: "every minute"}, nil, nil); err == nil {
 		t.Fatal("a bad schedule was accepted")
+	}
+}
+
+func TestRetryAfterIsCappedAtMaxBackoff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	id := studyID(0)
+	// A year-long Retry-After must not end the watch silently.
+	b.fake.Fail(id, prolifictest.Fault{Status: 429, RetryAfter: "31536000"}, 1)
+	p := b.poller(t, "w1", func() time.Time { return t0 })
+	p.RunOnce(context.Background(), t0)
+	got, err := b.store.GetStudy(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := t0.Add(DefaultMaxBackoff); got.NextPollAt.After(limit) {
+		t.Errorf("next poll at %v, want no later than %v", got.NextPollAt, limit)
+	}
+}
+
+// failingRecords is the real store except that recording a poll fails.
+type failingRecords struct{ *store.Store }
+
+func (failingRecords) RecordPoll(context.Context, store.PollRecord, store.Evaluator) (store.PollResult, error) {
+	return store.PollResult{}, errors.New("index row size exceeds maximum")
+}
+
+func TestPollThatCannotBeStoredIsShownAndReleased(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	id := studyID(0)
+	p, err := New(Config{Schedule: "@every 1m", Owner: "w1", Now: func() time.Time { return t0 }}, b.api, failingRecords{b.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.RunOnce(context.Background(), t0); s.Failed != 1 {
+		t.Fatalf("cycle = %+v, want the poll counted as failed", s)
+	}
+	got, err := b.store.GetStudy(context.Background(), id)
+	if err != nil || got.LastPollOK || !strings.Contains(got.LastError, "storing the poll failed") {
+		t.Fatalf("study = %+v, %v; want the storage failure shown", got, err)
+	}
+	// The lease is handed back: the next tick polls the study again.
+	if s := p.RunOnce(context.Background(), t0); s.Polled != 1 {
+		t.Errorf("next cycle polled %d, want the released study", s.Polled)
 	}
 }

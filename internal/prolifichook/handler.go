@@ -135,6 +135,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	eventID := r.Header.Get(prolific.HeaderWebhookEventID)
+	if len(eventID) > maxEventIDBytes {
+		h.log.Warn("prolific webhook malformed: X-Event-ID too long", slog.Int("bytes", len(eventID)))
+		http.Error(w, "X-Event-ID too long", http.StatusBadRequest)
+		return
+	}
 	log := h.log.With(slog.String("event_type", event.EventType), slog.String("event_id", eventID))
 
 	var status string
@@ -142,6 +147,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case prolific.EventStudyProgressChange:
 	case prolific.EventStudyStatusChange:
 		status = event.Status
+		if !plausibleStatus(status) {
+			log.Warn("prolific webhook malformed: status is not a study status", slog.Int("bytes", len(status)))
+			http.Error(w, "status is not a study status", http.StatusBadRequest)
+			return
+		}
 	default:
 		log.Info("prolific webhook ignored: event type not handled")
 		w.WriteHeader(http.StatusOK)
@@ -185,4 +195,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("prolific webhook: study due for a poll", slog.String("status", status))
 	w.WriteHeader(http.StatusOK)
+}
+
+// maxEventIDBytes bounds X-Event-ID. Prolific's ids are short; a longer one
+// is not a delivery we can dedupe, and answering 400 stops its retries.
+const maxEventIDBytes = 256
+
+// plausibleStatus accepts what a Prolific status looks like (for example
+// "ACTIVE" or "AWAITING REVIEW", and "" when absent): short upper-case words.
+// Unknown statuses are data, but a status is only shown until the poll
+// re-reads it from Prolific, so anything else is refused rather than stored.
+func plausibleStatus(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'A' || r > 'Z') && r != ' ' && r != '_' {
+			return false
+		}
+	}
+	return true
 }

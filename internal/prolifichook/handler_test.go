@@ -428,3 +428,51 @@ func FuzzWebhookHandler(f *testing.F) {
 		}
 	})
 }
+
+func TestHandlerRefusesImplausibleInput(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		eventID string
+		body    string
+	}{
+		// An event id too long to store cannot be deduplicated: 400 ends Prolific's retries.
+		{"long event id", strings.Repeat("e", 300), `{"event_type":"study.progress.change","resource_id":"0123456789abcdef01234567"}`},
+		// A status that is no Prolific status is not stored.
+		{"huge status", "evt-1", `{"event_type":"study.status.change","resource_id":"0123456789abcdef01234567","status":"` + strings.Repeat("X", 5000) + `"}`},
+		// Lower-case or punctuated text is not a status either.
+		{"odd status", "evt-2", `{"event_type":"study.status.change","resource_id":"0123456789abcdef01234567","status":"<b>paused</b>"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h, err := prolifichook.New(prolifichook.Config{Secret: []byte("s"), Store: refusingStore{t}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts := strconv.FormatInt(time.Now().Unix(), 10)
+			req := httptest.NewRequest(http.MethodPost, "/webhooks/prolific", strings.NewReader(tt.body))
+			req.Header.Set(prolific.HeaderWebhookTimestamp, ts)
+			req.Header.Set(prolific.HeaderWebhookSignature, prolific.SignWebhook([]byte("s"), ts, []byte(tt.body)))
+			req.Header.Set(prolific.HeaderWebhookEventID, tt.eventID)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusBadRequest {
+				t.Errorf("status = %d, want 400", rec.Code)
+			}
+		})
+	}
+}
+
+// refusingStore fails the test if the handler reaches the database.
+type refusingStore struct{ t *testing.T }
+
+func (s refusingStore) PollSoon(context.Context, string, string, time.Time) (bool, error) {
+	s.t.Error("PollSoon called for a refused delivery")
+	return false, nil
+}
+
+func (s refusingStore) PollSoonOnce(context.Context, string, string, string, time.Time) (store.WebhookOutcome, error) {
+	s.t.Error("PollSoonOnce called for a refused delivery")
+	return store.WebhookOutcome{}, nil
+}

@@ -77,6 +77,14 @@ type StudyState struct {
 	Open []OpenAlert
 }
 
+// Bounds of a stall-after threshold, wherever it is set (STALL_AFTER, a
+// watch's stall=, --stall-after). Polls run every few minutes, so a shorter
+// threshold would fire on noise; a longer one is no longer an alert.
+const (
+	MinStallAfter = 15 * time.Minute
+	MaxStallAfter = 30 * 24 * time.Hour
+)
+
 // Settings are the thresholds that apply to one study.
 type Settings struct {
 	// StallAfter is how long allocation may stay unchanged before Stalled fires.

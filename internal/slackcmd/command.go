@@ -8,6 +8,7 @@ package slackcmd
 import (
 	"errors"
 	"fmt"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"strconv"
 	"strings"
 	"time"
@@ -27,13 +28,6 @@ const (
 	VerbList    Verb = "list"
 	VerbStatus  Verb = "status"
 	VerbHelp    Verb = "help"
-)
-
-// Bounds of the stall= option. Polls run every few minutes, so a shorter
-// threshold would fire on noise; a longer one is no longer an alert.
-const (
-	MinStallAfter = 15 * time.Minute
-	MaxStallAfter = 30 * 24 * time.Hour
 )
 
 // ErrUsage wraps every error ParseCommand returns, so callers can tell a
@@ -164,7 +158,7 @@ func studyArg(verb Verb, args []string) (string, error) {
 
 // ParseStallAfter reads a stall threshold: a Go duration (90m, 12h,
 // 1h30m), days (2d, 1d12h) or a plain number of hours (12, 1.5). It must
-// lie between MinStallAfter and MaxStallAfter. Errors match ErrUsage.
+// lie between rules.MinStallAfter and rules.MaxStallAfter. Errors match ErrUsage.
 func ParseStallAfter(s string) (time.Duration, error) {
 	raw := strings.ToLower(strings.TrimSpace(s))
 	if raw == "" {
@@ -174,9 +168,9 @@ func ParseStallAfter(s string) (time.Duration, error) {
 	if !ok {
 		return 0, usageError("I can't read %s as a duration; write it like `stall=12h`, `stall=90m` or `stall=2d`.", quote(s))
 	}
-	if d < MinStallAfter || d > MaxStallAfter {
+	if d < rules.MinStallAfter || d > rules.MaxStallAfter {
 		return 0, usageError("The stall threshold must be between %s and %s (got %s).",
-			textviz.Duration(MinStallAfter), textviz.Duration(MaxStallAfter), quote(s))
+			textviz.Duration(rules.MinStallAfter), textviz.Duration(rules.MaxStallAfter), quote(s))
 	}
 	return d, nil
 }

@@ -2,6 +2,7 @@ package slackcmd_test
 
 import (
 	"errors"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"strings"
 	"testing"
 	"time"
@@ -155,7 +156,7 @@ func FuzzParseCommand(f *testing.F) {
 		default:
 			t.Fatalf("ParseCommand(%q) returned verb %q", text, cmd.Verb)
 		}
-		if cmd.StallAfter != 0 && (cmd.StallAfter < slackcmd.MinStallAfter || cmd.StallAfter > slackcmd.MaxStallAfter) {
+		if cmd.StallAfter != 0 && (cmd.StallAfter < rules.MinStallAfter || cmd.StallAfter > rules.MaxStallAfter) {
 			t.Fatalf("ParseCommand(%q) returned stall %v outside the bounds", text, cmd.StallAfter)
 		}
 	})

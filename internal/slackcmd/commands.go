@@ -78,7 +78,7 @@ func (h *Handler) checkAndWatch(ctx context.Context, log *slog.Logger, sc slack.
 	if h.poller != nil {
 		h.poller.Trigger()
 	}
-	log.Info("watch saved", slog.Bool("created", created), slog.Duration("stall_after", stall))
+	log.Info("watch saved", slog.Bool("created", created), slog.String("stall_after", textviz.Duration(stall)))
 
 	label := studyLink(study.Name, cmd.StudyID)
 	var headline string
@@ -369,7 +369,7 @@ func helpReply(name, notUnderstood string, stallAfter time.Duration) Reply {
 		"*stall=*",
 		fmt.Sprintf("How long no participant may be allocated before I call the study stalled: `stall=90m`, `stall=12h`, "+
 			"`stall=2d` or plain hours `stall=12`; between %s and %s. Without it the default is %s; `stall=default` goes back to it.",
-			textviz.Duration(MinStallAfter), textviz.Duration(MaxStallAfter), textviz.Duration(stallAfter)),
+			textviz.Duration(rules.MinStallAfter), textviz.Duration(rules.MaxStallAfter), textviz.Duration(stallAfter)),
 	}, "\n"))
 	b.section(strings.Join([]string{
 		"*Alerts* (posted in the channel, once when they start and once when they clear)",

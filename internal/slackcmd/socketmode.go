@@ -85,9 +85,9 @@ func runSocketMode(ctx context.Context, cfg socketConfig) error {
 		}
 		msg := "socket mode connection failed; retrying"
 		if err != nil {
-			log.Warn(msg, slog.String("error", err.Error()), slog.Duration("retry_in", backoff))
+			log.Warn(msg, slog.String("error", err.Error()), slog.String("retry_in", backoff.String()))
 		} else {
-			log.Warn(msg, slog.Duration("retry_in", backoff))
+			log.Warn(msg, slog.String("retry_in", backoff.String()))
 		}
 		timer := time.NewTimer(backoff)
 		select {

@@ -64,6 +64,21 @@ func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now ti
 	return claimed, nil
 }
 
+// RecordPollFailure notes, outside any poll transaction, that owner's poll
+// of a study could not be recorded, and hands the lease back. It keeps such
+// a study from looking healthy in `studies list` while every poll of it
+// fails to store. It reports whether owner still held the lease.
+func (s *Store) RecordPollFailure(ctx context.Context, studyID, owner string, at time.Time, reason string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE studies SET last_polled_at = $3, last_poll_ok = false, last_error = $4,
+		       lease_owner = NULL, lease_until = NULL
+		WHERE id = $1 AND lease_owner = $2`, studyID, owner, at, reason)
+	if err != nil {
+		return false, fmt.Errorf("recording failed poll of study %s: %w", studyID, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 // ReleaseStudy gives up owner's lease without recording a poll, so another
 // poller may take the study at once (used when a poll is abandoned on shutdown).
 func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
@@ -77,8 +92,10 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 }
 
 // PollSoon makes a watched study due at now, for a webhook that says it
-// changed; a non-empty status (from a status webhook) is recorded as freshly
-// checked. It reports whether the study is watched. The poll itself still
+// changed. A non-empty status (from a status webhook) is shown at once and
+// marks the stored status stale, so the poll reads the real one from
+// Prolific rather than trusting the webhook (which may arrive out of
+// order). It reports whether the study is watched. The poll itself still
 // goes through ClaimDueStudies, so replicas never poll it twice.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
 	return schedulePoll(ctx, s.pool, studyID, status, now)
@@ -93,7 +110,7 @@ func schedulePoll(ctx context.Context, db execer, studyID, status string, now ti
 	tag, err := db.Exec(ctx, `
 		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
 		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END,
-		       status_checked_at = CASE WHEN $3 <> '' THEN $2 ELSE status_checked_at END
+		       status_checked_at = CASE WHEN $3 <> '' THEN NULL ELSE status_checked_at END
 		WHERE id = $1`, studyID, now, status)
 	if err != nil {
 		return false, fmt.Errorf("scheduling poll of study %s: %w", studyID, err)
@@ -140,6 +157,11 @@ type PollRecord struct {
 	Error string
 	// StatusChecked is true when this poll read the study's status from Prolific.
 	StatusChecked bool
+	// Destination, when set, addresses each transition's outbox message to
+	// this one destination instead of to every watching channel: an
+	// incoming webhook reaches one channel whoever watches, and must hear
+	// each alert once.
+	Destination string
 }
 
 // PollResult says what RecordPoll wrote.
@@ -197,7 +219,7 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 		ev := eval(prev)
 		next, transitions := ev.State, ev.Transitions
 		name = cmp.Or(rec.Name, name)
-		queued, err := writeTransitions(ctx, tx, rec.StudyID, name, transitions)
+		queued, err := writeTransitions(ctx, tx, rec.StudyID, name, rec.Destination, transitions)
 		if err != nil {
 			return err
 		}
@@ -263,8 +285,9 @@ type OutboxPayload struct {
 }
 
 // writeTransitions opens or resolves the alerts the transitions name and
-// queues one outbox message per transition and watching channel.
-func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName string, transitions []rules.Transition) (int, error) {
+// queues one outbox message per transition and watching channel, or per
+// transition to destination when one is given.
+func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName, destination string, transitions []rules.Transition) (int, error) {
 	queued := 0
 	for _, tr := range transitions {
 		var alertID *int64
@@ -283,7 +306,8 @@ func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName string,
 			var id int64
 			err := tx.QueryRow(ctx, `
 				UPDATE alerts SET resolved_at = $4
-				WHERE study_id = $1 AND rule = $2 AND external_url = $3 AND resolved_at IS NULL
+				WHERE study_id = $1 AND rule = $2 AND md5(external_url) = md5($3) AND external_url = $3
+				  AND resolved_at IS NULL
 				RETURNING id`,
 				studyID, tr.Rule, tr.ExternalURL, tr.At).Scan(&id)
 			if err != nil {
@@ -297,8 +321,11 @@ func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName string,
 		}
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO outbox (study_id, alert_id, channel_id, state, payload, created_at, next_attempt_at)
-			SELECT $1, $2, channel_id, $3, $4, $5, $5 FROM watches WHERE study_id = $1`,
-			studyID, alertID, tr.State, payload, tr.At)
+			SELECT $1, $2::bigint, channel_id, $3::text, $4::jsonb, $5::timestamptz, $5::timestamptz
+			FROM watches WHERE study_id = $1 AND $6::text = ''
+			UNION ALL
+			SELECT $1, $2::bigint, $6::text, $3::text, $4::jsonb, $5::timestamptz, $5::timestamptz WHERE $6::text <> ''`,
+			studyID, alertID, tr.State, payload, tr.At, destination)
 		if err != nil {
 			return 0, fmt.Errorf("queueing %s notification: %w", tr.Rule, err)
 		}

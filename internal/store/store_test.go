@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -379,5 +380,78 @@ func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 	again, err := s.ClaimDueStudies(ctx, "w4", t0, t0, time.Minute, 100)
 	if err != nil || len(again) != 1 || again[0].ID != ids[0] {
 		t.Fatalf("claim after the owner's release = %v, %v; want exactly the released study", again, err)
+	}
+}
+
+func TestAlertsOnVeryLongURLs(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	// Survey URLs with long query strings exceed what a btree entry may hold.
+	long := "https://survey.example/" + strings.Repeat("q", 3000)
+	for i, state := range []rules.TransitionState{rules.Firing, rules.Resolved, rules.Firing} {
+		at := t0.Add(time.Duration(i) * time.Minute)
+		if _, err := s.ClaimDueStudies(ctx, "w1", at, at, time.Minute, 10); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true},
+			func(p store.PollState) store.Evaluation {
+				return store.Evaluation{State: p.State, Transitions: []rules.Transition{
+					{Rule: rules.OverAllocation, ExternalURL: long, State: state, At: at, Since: at}}}
+			})
+		if err != nil {
+			t.Fatalf("poll %d (%s): %v", i, state, err)
+		}
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil || len(st.OpenAlerts) != 1 || st.OpenAlerts[0].ExternalURL != long {
+		t.Fatalf("open alerts = %+v, %v; want the long URL's alert open again", st.OpenAlerts, err)
+	}
+}
+
+func TestDestinationQueuesOneMessagePerTransition(t *testing.T) {
+	t.Parallel()
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	for _, ch := range []string{"C1", "C2", "C3"} {
+		addWatch(t, s, studyA, ch)
+	}
+	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Destination: "incoming-webhook"},
+		func(p store.PollState) store.Evaluation {
+			return store.Evaluation{State: p.State, Transitions: []rules.Transition{{Rule: rules.PollFailing, State: rules.Firing, At: t0, Since: t0}}}
+		})
+	if err != nil || res.Queued != 1 || countRows(t, dsn, "outbox") != 1 {
+		t.Fatalf("RecordPoll = %+v, %v; want one message for three watching channels", res, err)
+	}
+	msgs, err := s.ClaimOutbox(ctx, "d", t0, time.Minute, time.Second, 10)
+	if err != nil || len(msgs) != 1 || msgs[0].ChannelID != "incoming-webhook" {
+		t.Fatalf("claimed %+v, %v", msgs, err)
+	}
+}
+
+func TestRecordPollFailureShowsAndReleases(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RecordPollFailure(ctx, studyA, "w2", t0, "boom"); err != nil || ok {
+		t.Fatalf("failure recorded by a non-owner = %v, %v", ok, err)
+	}
+	if ok, err := s.RecordPollFailure(ctx, studyA, "w1", t0, "storing the poll failed: boom"); err != nil || !ok {
+		t.Fatalf("RecordPollFailure = %v, %v", ok, err)
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil || st.LastPollOK || st.LastError != "storing the poll failed: boom" {
+		t.Fatalf("study = %+v, %v; want the failure shown", st, err)
+	}
+	if c, err := s.ClaimDueStudies(ctx, "w3", t0, t0, time.Minute, 10); err != nil || len(c) != 1 {
+		t.Fatalf("claim after the failure = %v, %v; want the study released", c, err)
 	}
 }
