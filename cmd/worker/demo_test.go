@@ -14,6 +14,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/simulator"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 // TestDemoScenario runs `worker demo` for a bounded time and checks that
@@ -27,7 +28,7 @@ func TestDemoScenario(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	out, w := io.Pipe()
-	var stderr syncBuffer
+	var stderr testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"demo", "--step", "1s", "--stall-after", "6s", "--schedule", "@every 1s", "--schema", schema}, env.get, w, &stderr)

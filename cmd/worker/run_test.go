@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific/prolifictest"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 const (
@@ -25,24 +25,6 @@ const (
 	studyIdle = "60aca280709ee40ec37d4885"
 	studyNoTF = "5f0e8a7c1d2b3c4d5e6f7a8b"
 )
-
-// syncBuffer is an io.Writer safe for the worker's concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 type testEnv map[string]string
 
@@ -168,7 +150,7 @@ func TestServePollsAndRecordsOnlyChanges(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve"}, env.get, &stdout, &stderr) }()
 

@@ -1,14 +1,12 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 const (
@@ -33,31 +32,14 @@ type bundle struct {
 	slack    *slackfake.Server
 	store    *store.Store
 	app      *app.App
-	logs     *syncBuffer
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs     *testkit.SyncBuffer
 }
 
 // setup builds a worker configuration against a fresh schema, a fake
 // Prolific API and a fake Slack Web API reached with a bot token.
 func setup(t *testing.T, env map[string]string) *bundle {
 	t.Helper()
-	b := &bundle{prolific: prolifictest.NewServer(t, token), slack: slackfake.New(), logs: &syncBuffer{}}
+	b := &bundle{prolific: prolifictest.NewServer(t, token), slack: slackfake.New(), logs: &testkit.SyncBuffer{}}
 	t.Cleanup(b.slack.Close)
 	vars := map[string]string{
 		"DATABASE_URL":     storetest.NewDatabaseURL(t),

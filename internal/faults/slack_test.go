@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific/prolifictest"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 // TestSlackFaultsLoseNothingAndSendNothingTwice watches one study from five
@@ -117,24 +117,6 @@ func TestSlackFaultsLoseNothingAndSendNothingTwice(t *testing.T) {
 	}
 }
 
-// stepClock is a clock the test moves by hand.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
 // TestPersistentSlackErrorGivesUp drives a dispatcher with its default
 // settings on an injected clock, jumping to each retry as it falls due,
 // against a channel that always answers 500. It gives up after exactly
@@ -153,7 +135,7 @@ func TestPersistentSlackErrorGivesUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	clock := &stepClock{now: t0}
+	clock := testkit.NewClock(t0)
 	logs := newLogSink()
 	d := notify.NewDispatcher(notify.DispatcherConfig{Owner: "faults", Now: clock.Now, Logger: slog.New(slog.NewJSONHandler(logs, nil))},
 		r.store, notify.NewBotSender(r.slack.Token(), r.slack.URL(), nil))

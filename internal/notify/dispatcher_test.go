@@ -12,39 +12,22 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 const studyID = "60d9aadeb86739de712faee0"
 
 var t0 = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
 
-// clock is a settable clock shared by the test and the dispatcher.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
 type dispatchBundle struct {
 	store *store.Store
 	slack *slackfake.Server
-	clock *clock
+	clock *testkit.Clock
 }
 
 func setupDispatch(t *testing.T, channels ...string) dispatchBundle {
 	t.Helper()
-	b := dispatchBundle{store: storetest.New(t), slack: slackfake.New(), clock: &clock{now: t0}}
+	b := dispatchBundle{store: storetest.New(t), slack: slackfake.New(), clock: testkit.NewClock(t0)}
 	t.Cleanup(b.slack.Close)
 	for _, ch := range channels {
 		if _, err := b.store.AddWatch(context.Background(), store.StudyInfo{ID: studyID, Name: "Pilot"}, store.Watch{ChannelID: ch}, t0); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/taskflow-watch/taskflow-watch/internal/notify/slackfake"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 // Senders satisfy the dispatcher's interface.
@@ -290,7 +291,7 @@ func TestWebhookSenderErrorsHideURL(t *testing.T) {
 
 func TestLogSender(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf testkit.SyncBuffer
 	s := NewLogSender(&buf)
 	s.now = func() time.Time { return testAt }
 
@@ -346,26 +347,4 @@ func TestLogSender(t *testing.T) {
 	if lines != n {
 		t.Errorf("got %d lines, want %d", lines, n)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that the race detector can watch: the sender
-// must serialise writes itself, so the buffer deliberately has no lock of its
-// own beyond what reading it back needs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	if !b.mu.TryLock() {
-		return 0, errors.New("concurrent write")
-	}
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }

@@ -8,13 +8,13 @@ package slackcmd
 import (
 	"errors"
 	"fmt"
-	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 

@@ -2,12 +2,12 @@ package slackcmd_test
 
 import (
 	"errors"
-	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
+	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/slackcmd"
 )
 

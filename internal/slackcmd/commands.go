@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // watch checks the study with Prolific and, when it is a Taskflow study,

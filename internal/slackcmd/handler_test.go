@@ -1,7 +1,6 @@
 package slackcmd_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/slackcmd"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
 	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
+	"github.com/taskflow-watch/taskflow-watch/internal/testkit"
 )
 
 const (
@@ -72,24 +71,6 @@ func (g gatedProlific) Progress(ctx context.Context, id string) (prolific.Progre
 	return g.inner.Progress(ctx, id)
 }
 
-// lockedBuffer collects log output from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // setupOptions vary the bundle per test.
 type setupOptions struct {
 	prolificTimeout time.Duration
@@ -111,7 +92,7 @@ type testBundle struct {
 	responses   chan []byte
 	responseURL string
 	secret      []byte
-	logs        *lockedBuffer
+	logs        *testkit.SyncBuffer
 }
 
 func setup(t *testing.T, opts setupOptions) *testBundle {
@@ -122,7 +103,7 @@ func setup(t *testing.T, opts setupOptions) *testBundle {
 		poller:    &fakePoller{},
 		responses: make(chan []byte, 16),
 		secret:    []byte("8f742231b10e8888abcd99yyyzzz85a5"),
-		logs:      &lockedBuffer{},
+		logs:      &testkit.SyncBuffer{},
 	}
 	client, err := prolific.New(prolific.Config{BaseURL: b.fake.URL(), Token: prolificToken, Timeout: opts.prolificTimeout})
 	if err != nil {
