@@ -1,6 +1,6 @@
 // Package config reads the worker's environment variables (the fixed
-// interface of DESIGN.md) once, validates all of them, and reports every
-// problem at once, each naming its variable.
+// interface documented in README.md) once, validates all of them, and
+// reports every problem at once, each naming its variable.
 package config
 
 import (
@@ -41,7 +41,7 @@ type Config struct {
 	LogLevel                slog.Level
 }
 
-// Defaults of DESIGN.md.
+// Defaults documented in README.md.
 const (
 	DefaultProlificAPIURL = "https://api.prolific.com"
 	DefaultSlackAPIURL    = "https://slack.com/api/"

@@ -183,6 +183,11 @@ func TestPostgresRestartUnderARunningWorker(t *testing.T) {
 		t.Fatalf("%v\nlogs:\n%s", err, w)
 	}
 	assertAlive(t, w.app.Addr())
+	// Metrics stay available while the database is away; only the outbox
+	// gauges, which need it, are missing.
+	if code, err := httpStatus(waitCtx(t), w.app.Addr(), "/metrics"); err != nil || code != 200 {
+		t.Errorf("GET /metrics with the database down = %d, %v; want 200", code, err)
+	}
 
 	pg.start(t)
 	waitStatus(t, w.app.Addr(), "/readyz", 200, w)

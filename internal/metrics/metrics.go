@@ -79,7 +79,9 @@ func New(outbox OutboxReader, now func() time.Time, log *slog.Logger) *Metrics {
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+	// A failing collector (the outbox depth while the database is away) must
+	// not take every other series down with it.
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // PollDone implements poller.Observer.
@@ -94,8 +96,13 @@ func (m *Metrics) PollDone(outcome poller.Outcome, latency time.Duration, res st
 	}
 }
 
-// CycleDone implements poller.Observer.
+// CycleDone implements poller.Observer. A cycle whose claim failed (the
+// database is away) is not a completed cycle, so the staleness of
+// taskflow_last_cycle_completed_timestamp_seconds shows the outage.
 func (m *Metrics) CycleDone(stats poller.CycleStats) {
+	if stats.Err != nil {
+		return
+	}
 	m.lastCycle.Set(float64(stats.Finished.UnixNano()) / 1e9)
 	m.cycleDuration.Observe(stats.Finished.Sub(stats.Tick).Seconds())
 }

@@ -189,21 +189,23 @@ func (p *Poller) Start(ctx context.Context) error {
 	defer stop()
 	defer p.cancelHard()
 
-	tick := p.cfg.Now()
+	p.RunOnce(ctx, p.cfg.Now())
+	next := p.schedule.Next(p.cfg.Now())
+	timer := time.NewTimer(next.Sub(p.cfg.Now()))
+	defer timer.Stop()
 	for {
-		p.RunOnce(ctx, tick)
-		now := p.cfg.Now()
-		next := p.schedule.Next(now)
-		timer := time.NewTimer(next.Sub(now))
 		select {
 		case <-ctx.Done():
-			timer.Stop()
 			return nil
 		case <-timer.C:
-			tick = next
+			p.RunOnce(ctx, next)
+			// Ticks that passed during a slow cycle are skipped.
+			next = p.schedule.Next(p.cfg.Now())
+			timer.Reset(next.Sub(p.cfg.Now()))
 		case <-p.kick:
-			timer.Stop()
-			tick = p.cfg.Now()
+			// A triggered cycle leaves the schedule alone, so frequent
+			// webhooks or watches never postpone everyone else's polls.
+			p.RunOnce(ctx, p.cfg.Now())
 		}
 	}
 }
@@ -359,6 +361,9 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 		outcome = classify(f.err)
 		poll.Failure = prolific.Classify(f.err)
 		poll.Error = f.err.Error()
+		if poll.Failure == rules.FailureAuth {
+			poll.Error = "Prolific refused the worker's API token; whoever runs taskflow-watch should check PROLIFIC_TOKEN (" + poll.Error + ")"
+		}
 		rec.Error = poll.Error
 	} else {
 		poll.URLs = f.progress.URLs
@@ -366,7 +371,9 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 	}
 	res, err := p.store.RecordPoll(p.hard, rec, func(prev store.PollState) store.Evaluation {
 		settings := p.cfg.Settings
-		if prev.StallAfter > 0 {
+		// The shortest threshold among the watches applies, the worker
+		// default counting for watches without an override.
+		if prev.StallAfter > 0 && (!prev.DefaultStallAfter || prev.StallAfter < settings.StallAfter) {
 			settings.StallAfter = prev.StallAfter
 		}
 		next, transitions := rules.Evaluate(prev.State, poll, settings, at)

@@ -232,3 +232,28 @@ func TestPollThatCannotBeStoredIsShownAndReleased(t *testing.T) {
 		t.Errorf("next cycle polled %d, want the released study", s.Polled)
 	}
 }
+
+func TestShortestStallThresholdAppliesWithTheDefault(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	id := studyID(0)
+	ctx := context.Background()
+	// C1 (from setup) uses the 6h default; C2 asks for two days.
+	if _, err := b.store.AddWatch(ctx, store.StudyInfo{ID: id}, store.Watch{ChannelID: "C2", StallAfter: 48 * time.Hour}, t0); err != nil {
+		t.Fatal(err)
+	}
+	clock := t0
+	p := b.poller(t, "w1", func() time.Time { return clock })
+	p.RunOnce(ctx, t0)
+	clock = t0.Add(7 * time.Hour)
+	p.RunOnce(ctx, clock)
+	got, err := b.store.GetStudy(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stalled fires after the default 6h, and is dated from when allocation
+	// last moved (the first observation), not from the poll that fired it.
+	if len(got.OpenAlerts) != 1 || got.OpenAlerts[0].Rule != rules.Stalled || !got.OpenAlerts[0].Since.Equal(t0) {
+		t.Fatalf("open alerts = %+v; want stalled since %v", got.OpenAlerts, t0)
+	}
+}

@@ -10,7 +10,7 @@ import (
 	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
-// The defaults of DESIGN.md, used when a watch and the operator leave a
+// The documented defaults, used when a watch and the operator leave a
 // threshold unset. They are exported so configuration code can show and
 // document the same values the rules apply.
 const (
@@ -23,7 +23,7 @@ const (
 )
 
 // WithDefaults returns the settings with every unset threshold replaced by
-// its default, so a zero Settings behaves as DESIGN.md describes. A negative
+// its default, so a zero Settings behaves as documented. A negative
 // value counts as unset too: a negative stall duration or failure count has
 // no sensible meaning and would otherwise fire alerts on every poll.
 func (s Settings) WithDefaults() Settings {

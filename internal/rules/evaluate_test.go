@@ -554,7 +554,7 @@ func TestSettingsWithDefaults(t *testing.T) {
 		in   Settings
 		want Settings
 	}{
-		// Unset thresholds take the DESIGN.md defaults.
+		// Unset thresholds take the documented defaults.
 		{"zero", Settings{}, Settings{StallAfter: 6 * time.Hour, FailuresBeforeAlert: 3}},
 		// Set thresholds are kept.
 		{"set", Settings{StallAfter: time.Hour, FailuresBeforeAlert: 5}, Settings{StallAfter: time.Hour, FailuresBeforeAlert: 5}},

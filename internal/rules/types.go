@@ -11,7 +11,7 @@ import "time"
 // metadata contract (event_payload.rule) and are stored in Postgres.
 type Rule string
 
-// The rules of DESIGN.md.
+// The alert rules (README.md, "What it alerts on").
 const (
 	// OverAllocation: a URL's allocated exceeds its total_allocation.
 	OverAllocation Rule = "over_allocation"

@@ -95,6 +95,11 @@ func (h *Handler) checkAndWatch(ctx context.Context, log *slog.Logger, sc slack.
 	b := newReplyBuilder(headline)
 	b.section(headline)
 	b.code(progressTable(progress.URLs))
+	// A channel joining a study whose alerts are already firing would
+	// otherwise first hear of them when they resolve.
+	if st, err := h.store.GetStudy(ctx, cmd.StudyID); err == nil && len(st.OpenAlerts) > 0 {
+		b.section("Already firing (announced before this channel watched): " + alertsText(st.OpenAlerts, now, 10))
+	}
 	b.context("I'm polling it now; `list` and `status` show what I see.")
 	return b.reply()
 }

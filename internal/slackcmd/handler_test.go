@@ -416,6 +416,13 @@ func TestWatchLifecycle(t *testing.T) {
 	if n := len(b.studies(t)); n != 1 {
 		t.Fatalf("%d studies stored; want 1", n)
 	}
+
+	// A channel that joins while an alert is firing is told about it.
+	poll(t, b.store, studyID, t0.Add(-time.Minute), true, fixtureURLs(t), "",
+		rules.Transition{Rule: rules.OverAllocation, ExternalURL: "https://google.com", State: rules.Firing, At: t0.Add(-time.Minute), Since: t0.Add(-time.Minute)})
+	joining := form("watch " + studyID)
+	joining.Set("channel_id", "C2")
+	mustContain(t, b.commandAs(t, joining), "Now watching", "Already firing", "over-allocation on https://google.com")
 }
 
 func TestWatchRefused(t *testing.T) {
@@ -660,8 +667,8 @@ func TestList(t *testing.T) {
 
 	urls := fixtureURLs(t)
 	poll(t, b.store, studyID, t0.Add(-3*time.Minute), true, urls, "",
-		rules.Transition{Rule: rules.Stalled, State: rules.Firing, At: t0.Add(-2 * time.Hour)},
-		rules.Transition{Rule: rules.OverAllocation, ExternalURL: "https://google.com", State: rules.Firing, At: t0.Add(-3 * time.Minute)})
+		rules.Transition{Rule: rules.Stalled, State: rules.Firing, At: t0.Add(-2 * time.Hour), Since: t0.Add(-2 * time.Hour)},
+		rules.Transition{Rule: rules.OverAllocation, ExternalURL: "https://google.com", State: rules.Firing, At: t0.Add(-3 * time.Minute), Since: t0.Add(-3 * time.Minute)})
 	poll(t, b.store, otherStudyID, t0.Add(-10*time.Minute), false, nil, "Prolific answered HTTP 503 <b>")
 
 	r := b.command(t, "list")
@@ -719,7 +726,7 @@ func TestStatus(t *testing.T) {
 	latest := at(time.Hour, 12, 4)
 	// An unchanged poll writes no observation but opens an alert.
 	poll(t, b.store, studyID, t0.Add(-5*time.Minute), true, latest, "",
-		rules.Transition{Rule: rules.OverAllocation, ExternalURL: "https://google.com", State: rules.Firing, At: t0.Add(-time.Hour)})
+		rules.Transition{Rule: rules.OverAllocation, ExternalURL: "https://google.com", State: rules.Firing, At: t0.Add(-time.Hour), Since: t0.Add(-time.Hour)})
 
 	r := b.command(t, "status <"+studyLink+"|study>")
 	mustContain(t, r,

@@ -53,8 +53,9 @@ func TestPollSoonOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.NextPollAt.Equal(inboundT0) || st.Status != "PAUSED" {
-		t.Fatalf("after first delivery next poll %v status %q; want %v PAUSED", st.NextPollAt, st.Status, inboundT0)
+	// The webhook's status is not stored (the poll re-reads it).
+	if !st.NextPollAt.Equal(inboundT0) || st.Status != "ACTIVE" {
+		t.Fatalf("after first delivery next poll %v status %q; want %v ACTIVE", st.NextPollAt, st.Status, inboundT0)
 	}
 
 	// A retry of the same event must change nothing, even with another status.
@@ -66,11 +67,11 @@ func TestPollSoonOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.NextPollAt.Equal(inboundT0) || st.Status != "PAUSED" {
+	if !st.NextPollAt.Equal(inboundT0) || st.Status != "ACTIVE" {
 		t.Fatalf("duplicate changed the study: next poll %v status %q", st.NextPollAt, st.Status)
 	}
 
-	// An empty status keeps the stored one; a later time never delays the poll.
+	// A later time never delays the poll.
 	out, err = s.PollSoonOnce(ctx, "evt-2", inboundStudy, "", inboundT0.Add(time.Minute))
 	if err != nil || out != (store.WebhookOutcome{Watched: true}) {
 		t.Fatalf("progress delivery = %+v, %v; want watched", out, err)
@@ -79,8 +80,8 @@ func TestPollSoonOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.NextPollAt.Equal(inboundT0) || st.Status != "PAUSED" {
-		t.Fatalf("progress delivery: next poll %v status %q; want %v PAUSED", st.NextPollAt, st.Status, inboundT0)
+	if !st.NextPollAt.Equal(inboundT0) || st.Status != "ACTIVE" {
+		t.Fatalf("progress delivery: next poll %v status %q; want %v ACTIVE", st.NextPollAt, st.Status, inboundT0)
 	}
 
 	// An unwatched study is not created, but the event is still remembered.
@@ -173,5 +174,38 @@ func TestPruneForgetsOldWebhookEvents(t *testing.T) {
 		if err != nil || out.Duplicate != wantDuplicate {
 			t.Errorf("event %s after pruning = %+v, %v; want duplicate=%v", id, out, err, wantDuplicate)
 		}
+	}
+}
+
+func TestStatusWebhookMarksStatusStale(t *testing.T) {
+	t.Parallel()
+	s, _ := openInbound(t)
+	ctx := context.Background()
+	watchAt(t, s, inboundStudy, inboundT0)
+	// A poll reads the status: it is fresh afterwards.
+	if _, err := s.ClaimDueStudies(ctx, "w", inboundT0, inboundT0, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: inboundStudy, Owner: "w", At: inboundT0, StatusChecked: true},
+		func(p store.PollState) store.Evaluation {
+			next := p.State
+			next.Status = "PAUSED"
+			return store.Evaluation{State: next, NextPollAt: inboundT0.Add(time.Hour)}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.PollSoonOnce(ctx, "evt-status", inboundStudy, "ACTIVE", inboundT0.Add(time.Minute))
+	if err != nil || !out.Watched {
+		t.Fatalf("PollSoonOnce = %+v, %v", out, err)
+	}
+	claimed, err := s.ClaimDueStudies(ctx, "w", inboundT0.Add(time.Minute), inboundT0.Add(time.Minute), time.Minute, 10)
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim after the webhook = %v, %v; want the study due", claimed, err)
+	}
+	// The webhook's value is not stored; the poll must re-read it, so the
+	// rules see PAUSED → ACTIVE and restart the stall clock.
+	if claimed[0].Status != "PAUSED" || !claimed[0].StatusCheckedAt.IsZero() {
+		t.Errorf("claimed %+v; want status PAUSED kept and marked stale", claimed[0])
 	}
 }

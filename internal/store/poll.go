@@ -92,10 +92,11 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 }
 
 // PollSoon makes a watched study due at now, for a webhook that says it
-// changed. A non-empty status (from a status webhook) is shown at once and
-// marks the stored status stale, so the poll reads the real one from
-// Prolific rather than trusting the webhook (which may arrive out of
-// order). It reports whether the study is watched. The poll itself still
+// changed. A non-empty status (from a status webhook) marks the stored
+// status stale, so the poll reads the real one from Prolific and the rules
+// see the change (a study becoming ACTIVE again restarts the stall clock);
+// the webhook's own value is never stored, since webhooks may arrive out of
+// order. It reports whether the study is watched. The poll itself still
 // goes through ClaimDueStudies, so replicas never poll it twice.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
 	return schedulePoll(ctx, s.pool, studyID, status, now)
@@ -109,7 +110,6 @@ type execer interface {
 func schedulePoll(ctx context.Context, db execer, studyID, status string, now time.Time) (bool, error) {
 	tag, err := db.Exec(ctx, `
 		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
-		       status = CASE WHEN $3 <> '' THEN $3 ELSE status END,
 		       status_checked_at = CASE WHEN $3 <> '' THEN NULL ELSE status_checked_at END
 		WHERE id = $1`, studyID, now, status)
 	if err != nil {
@@ -125,6 +125,9 @@ type PollState struct {
 	// StallAfter is the shortest stall-after override among the study's
 	// watches, 0 when none overrides the worker default.
 	StallAfter time.Duration
+	// DefaultStallAfter is true when some watch uses the worker default, which
+	// then competes with StallAfter for the shortest threshold.
+	DefaultStallAfter bool
 }
 
 // Evaluation is what the poller decides from the stored state.
@@ -196,6 +199,7 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 		err := tx.QueryRow(ctx, `
 			SELECT s.name, s.status, s.consecutive_failures, s.stall_since, s.lease_owner,
 			       coalesce((SELECT min(stall_after_seconds) FROM watches w WHERE w.study_id = s.id), 0),
+			       coalesce((SELECT bool_or(stall_after_seconds IS NULL) FROM watches w WHERE w.study_id = s.id), true),
 			       (SELECT o.progress FROM observations o WHERE o.study_id = s.id
 			        ORDER BY o.observed_at DESC, o.id DESC LIMIT 1),
 			       (SELECT jsonb_agg(jsonb_build_object('rule', a.rule, 'external_url', a.external_url, 'since', a.fired_at)
@@ -203,7 +207,7 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			        FROM alerts a WHERE a.study_id = s.id AND a.resolved_at IS NULL)
 			FROM studies s WHERE s.id = $1 FOR UPDATE OF s`, rec.StudyID).
 			Scan(&name, &prev.State.Status, &prev.State.ConsecutiveFailures, &stallSince, &leaseOwner, &stallAfterS,
-				&prev.State.URLs, &prev.State.Open)
+				&prev.DefaultStallAfter, &prev.State.URLs, &prev.State.Open)
 		if err != nil {
 			return fmt.Errorf("loading study state: %w", notFound(err))
 		}
@@ -297,7 +301,7 @@ func writeTransitions(ctx context.Context, tx pgx.Tx, studyID, studyName, destin
 			err := tx.QueryRow(ctx, `
 				INSERT INTO alerts (study_id, rule, external_url, fired_at)
 				VALUES ($1, $2, $3, $4) RETURNING id`,
-				studyID, tr.Rule, tr.ExternalURL, tr.At).Scan(&id)
+				studyID, tr.Rule, tr.ExternalURL, tr.Since).Scan(&id)
 			if err != nil {
 				return 0, fmt.Errorf("opening %s alert: %w", tr.Rule, err)
 			}

@@ -46,8 +46,10 @@ type Study struct {
 }
 
 // AddWatch registers channel's watch of a study, creating the study if it is
-// new (it becomes due at once). Watching again updates the stall-after
-// override and who added it, and reports created=false.
+// new. Either way the study becomes due at once. Watching again updates the
+// stall-after override and who added it, and reports created=false. The
+// status of a known study is left to the poller, which feeds it to the rules
+// (a change into ACTIVE restarts the stall clock).
 func (s *Store) AddWatch(ctx context.Context, info StudyInfo, w Watch, now time.Time) (created bool, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `
@@ -55,7 +57,7 @@ func (s *Store) AddWatch(ctx context.Context, info StudyInfo, w Watch, now time.
 			VALUES ($1, $2, $3, $4, $4)
 			ON CONFLICT (id) DO UPDATE
 			SET name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE studies.name END,
-			    status = CASE WHEN EXCLUDED.status <> '' THEN EXCLUDED.status ELSE studies.status END`,
+			    next_poll_at = LEAST(studies.next_poll_at, EXCLUDED.next_poll_at)`,
 			info.ID, info.Name, info.Status, now)
 		if err != nil {
 			return fmt.Errorf("upserting study: %w", err)
