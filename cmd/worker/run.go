@@ -170,6 +170,9 @@ func studiesCmd(ctx context.Context, args []string, getenv func(string) string, 
 	case "remove":
 		return studiesRemove(ctx, cfg, args, stdout)
 	case "list":
+		if len(args) > 0 {
+			return fmt.Errorf("%w: studies list takes no arguments", errUsage)
+		}
 		return studiesList(ctx, cfg, stdout)
 	}
 	return fmt.Errorf("%w: studies add|remove|list", errUsage)

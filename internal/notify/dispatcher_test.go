@@ -96,8 +96,8 @@ func TestDispatcherDeliversWithMetadataAndThreadsResolution(t *testing.T) {
 		t.Fatalf("sent %d resolutions, want 1", n)
 	}
 	msgs = b.slack.Messages()
-	if len(msgs) != 2 || msgs[1].ThreadTS != msgs[0].TS || msgs[1].Metadata.EventPayload["state"] != "resolved" {
-		t.Fatalf("resolution = %+v, want a reply in the firing message's thread", msgs[1])
+	if len(msgs) != 2 || msgs[1].ThreadTS != msgs[0].TS || !msgs[1].Broadcast || msgs[1].Metadata.EventPayload["state"] != "resolved" {
+		t.Fatalf("resolution = %+v, want a reply in the firing message's thread, also shown in the channel", msgs[1])
 	}
 	if ups := b.slack.Updates(); len(ups) != 1 || ups[0].TS != msgs[0].TS {
 		t.Fatalf("updates = %+v, want the firing message updated", ups)

@@ -76,7 +76,9 @@ func (s *BotSender) Post(ctx context.Context, channel string, a Alert, threadTS 
 		slack.MsgOptionDisableMediaUnfurl(),
 	}
 	if threadTS != "" {
-		opts = append(opts, slack.MsgOptionTS(threadTS))
+		// The reply is also shown in the channel: a resolution only visible
+		// inside a thread goes unnoticed.
+		opts = append(opts, slack.MsgOptionTS(threadTS), slack.MsgOptionBroadcast())
 	}
 	ch, ts, err := s.client.PostMessageContext(ctx, channel, opts...)
 	if err != nil {

@@ -48,7 +48,9 @@ type Message struct {
 	Channel  string
 	TS       string
 	ThreadTS string
-	Text     string
+	// Broadcast is set for a thread reply also shown in the channel.
+	Broadcast bool
+	Text      string
 	// Blocks is the blocks JSON as sent, nil when none were.
 	Blocks json.RawMessage
 	// Metadata is the decoded message metadata, nil when none was sent.
@@ -503,11 +505,12 @@ func (s *Server) update(w http.ResponseWriter, req Request, p params) {
 // error code for an invalid one.
 func messageFromParams(method string, p params) (Message, string) {
 	m := Message{
-		Method:   method,
-		Channel:  p.get("channel"),
-		ThreadTS: p.get("thread_ts"),
-		Text:     p.get("text"),
-		Blocks:   p.rawJSON("blocks"),
+		Method:    method,
+		Channel:   p.get("channel"),
+		ThreadTS:  p.get("thread_ts"),
+		Broadcast: p.get("reply_broadcast") == "true",
+		Text:      p.get("text"),
+		Blocks:    p.rawJSON("blocks"),
 	}
 	if meta := p.rawJSON("metadata"); meta != nil {
 		var md Metadata
