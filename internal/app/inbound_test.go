@@ -61,8 +61,10 @@ func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(reply, "ephemeral") || !strings.Contains(reply, "Wired study") {
 		t.Fatalf("watch = %d %s", code, reply)
 	}
-	// The new watch triggers a poll at once, long before the hourly tick.
-	b.waitPolls(t, studyID, 1)
+	// The watch checks the study with Prolific (one progress fetch) and
+	// triggers a poll at once, long before the hourly tick.
+	b.waitPolls(t, studyID, 2)
+	b.waitScheduled(t, studyID)
 
 	// A signed progress webhook polls the study again within the hour.
 	body, _ := json.Marshal(map[string]string{"event_type": prolific.EventStudyProgressChange, "resource_id": studyID})
@@ -70,7 +72,7 @@ func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
 	if err != nil || status != http.StatusOK {
 		t.Fatalf("webhook = %d, %v", status, err)
 	}
-	b.waitPolls(t, studyID, 2)
+	b.waitPolls(t, studyID, 3)
 	b.waitScheduled(t, studyID)
 	// The same event again is a duplicate and polls nothing more.
 	if status, err := b.prolific.SendWebhook(context.Background(), "http://"+b.app.Addr()+"/webhooks/prolific", []byte(webhookSecret), "evt-1", body); err != nil || status != http.StatusOK {
@@ -85,8 +87,8 @@ func TestSlashCommandsAndWebhooksThroughTheWorker(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(reply, studyID) {
 		t.Fatalf("list = %d %s", code, reply)
 	}
-	if got := b.prolific.Requests(studyID); got != 2 {
-		t.Errorf("progress fetched %d times, want 2 (watch, then one webhook)", got)
+	if got := b.prolific.Requests(studyID); got != 3 {
+		t.Errorf("progress fetched %d times, want 3 (the watch's check, its poll, one webhook's poll)", got)
 	}
 }
 
