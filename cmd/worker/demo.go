@@ -87,12 +87,8 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 		return err
 	}
 	target := "http://" + worker.Addr() + "/webhooks/prolific"
-	sub, err := client.CreateSubscription(ctx, prolific.Subscription{EventType: prolific.EventStudyStatusChange, TargetURL: target, WorkspaceID: workspace})
-	if err == nil {
-		_, err = client.ConfirmSubscription(ctx, sub.ID, sub.HookSecret)
-	}
-	if err != nil {
-		return fmt.Errorf("demo: subscribing to status webhooks: %w", err)
+	if _, err := client.Subscribe(ctx, prolific.Subscription{EventType: prolific.EventStudyStatusChange, TargetURL: target, WorkspaceID: workspace}); err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	now := time.Now()
 	fmt.Fprintf(stderr, "taskflow-watch demo: polling %s, stall threshold %s, worker HTTP on %s\n", *schedule, *stallAfter, worker.Addr())

@@ -68,12 +68,9 @@ func webhooksCmd(ctx context.Context, args []string, getenv func(string) string,
 	}
 	fmt.Fprintf(stdout, "webhook secret written to %s: set PROLIFIC_WEBHOOK_SECRET to its contents\n", *secretFile)
 	for _, event := range []string{prolific.EventStudyProgressChange, prolific.EventStudyStatusChange} {
-		sub, err := client.CreateSubscription(ctx, prolific.Subscription{EventType: event, TargetURL: *target, WorkspaceID: *workspace})
+		sub, err := client.Subscribe(ctx, prolific.Subscription{EventType: event, TargetURL: *target, WorkspaceID: *workspace})
 		if err != nil {
-			return fmt.Errorf("subscribing to %s: %w", event, err)
-		}
-		if _, err := client.ConfirmSubscription(ctx, sub.ID, sub.HookSecret); err != nil {
-			return fmt.Errorf("confirming subscription %s to %s: %w", sub.ID, event, err)
+			return err
 		}
 		fmt.Fprintf(stdout, "subscribed %s to %s (subscription %s)\n", strings.TrimSpace(*target), event, sub.ID)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 )
@@ -135,6 +136,19 @@ func (c *Client) ConfirmSubscription(ctx context.Context, subscriptionID, hookSe
 		result.ID = subscriptionID
 	}
 	return result, nil
+}
+
+// Subscribe creates a subscription and confirms it, the two steps Prolific
+// needs before it delivers events to the target URL.
+func (c *Client) Subscribe(ctx context.Context, sub Subscription) (SubscriptionResult, error) {
+	created, err := c.CreateSubscription(ctx, sub)
+	if err != nil {
+		return SubscriptionResult{}, fmt.Errorf("subscribing to %s: %w", sub.EventType, err)
+	}
+	if _, err := c.ConfirmSubscription(ctx, created.ID, created.HookSecret); err != nil {
+		return SubscriptionResult{}, fmt.Errorf("confirming subscription %s to %s: %w", created.ID, sub.EventType, err)
+	}
+	return created, nil
 }
 
 // pickSubscription finds the created subscription in either reply shape.

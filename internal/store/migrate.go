@@ -89,11 +89,65 @@ func closeDB(db *sql.DB) { _ = db.Close() }
 
 // Status reads the applied version and compares it with the embedded ones.
 func (m *Migrator) Status() (SchemaStatus, error) {
+	return m.run(false, func(*migrate.Migrate, SchemaStatus) error { return nil })
+}
+
+// Up applies every pending migration. It refuses a dirty or newer schema
+// before changing anything.
+func (m *Migrator) Up() (SchemaStatus, error) {
+	return m.run(true, func(mig *migrate.Migrate, _ SchemaStatus) error {
+		if err := mig.Up(); err != nil && !errors.Is(err, migrate.ErrNoChange) {
+			return fmt.Errorf("applying migrations: %w", err)
+		}
+		return nil
+	})
+}
+
+// Down reverts the most recent migration, refusing a dirty or newer schema.
+func (m *Migrator) Down() (SchemaStatus, error) {
+	return m.run(true, func(mig *migrate.Migrate, st SchemaStatus) error {
+		if st.Version == 0 {
+			return nil
+		}
+		if err := mig.Steps(-1); err != nil {
+			return fmt.Errorf("reverting migration %d: %w", st.Version, err)
+		}
+		return nil
+	})
+}
+
+// Force marks version as applied and clean without running anything, for
+// an operator who has repaired a dirty schema by hand.
+func (m *Migrator) Force(version int) (SchemaStatus, error) {
+	return m.run(false, func(mig *migrate.Migrate, _ SchemaStatus) error {
+		if err := mig.Force(version); err != nil {
+			return fmt.Errorf("forcing version %d: %w", version, err)
+		}
+		return nil
+	})
+}
+
+// run opens a migration session, reads the schema status (refusing a dirty
+// or newer schema when check is set), applies op and returns the status
+// that follows.
+func (m *Migrator) run(check bool, op func(*migrate.Migrate, SchemaStatus) error) (SchemaStatus, error) {
 	mig, done, err := m.open()
 	if err != nil {
 		return SchemaStatus{}, err
 	}
 	defer done()
+	st, err := status(mig)
+	if err != nil {
+		return st, err
+	}
+	if check {
+		if err := st.Check(); err != nil {
+			return st, err
+		}
+	}
+	if err := op(mig, st); err != nil {
+		return st, err
+	}
 	return status(mig)
 }
 
@@ -110,64 +164,6 @@ func status(mig *migrate.Migrate) (SchemaStatus, error) {
 		return SchemaStatus{}, fmt.Errorf("reading schema version: %w", err)
 	}
 	return SchemaStatus{Version: v, Dirty: dirty, Latest: latest}, nil
-}
-
-// Up applies every pending migration. It refuses a dirty or newer schema
-// before changing anything.
-func (m *Migrator) Up() (SchemaStatus, error) {
-	mig, done, err := m.open()
-	if err != nil {
-		return SchemaStatus{}, err
-	}
-	defer done()
-	st, err := status(mig)
-	if err != nil {
-		return st, err
-	}
-	if err := st.Check(); err != nil {
-		return st, err
-	}
-	if err := mig.Up(); err != nil && !errors.Is(err, migrate.ErrNoChange) {
-		return st, fmt.Errorf("applying migrations: %w", err)
-	}
-	return status(mig)
-}
-
-// Down reverts the most recent migration.
-func (m *Migrator) Down() (SchemaStatus, error) {
-	mig, done, err := m.open()
-	if err != nil {
-		return SchemaStatus{}, err
-	}
-	defer done()
-	st, err := status(mig)
-	if err != nil {
-		return st, err
-	}
-	if err := st.Check(); err != nil {
-		return st, err
-	}
-	if st.Version == 0 {
-		return st, nil
-	}
-	if err := mig.Steps(-1); err != nil {
-		return st, fmt.Errorf("reverting migration %d: %w", st.Version, err)
-	}
-	return status(mig)
-}
-
-// Force marks version as applied and clean without running anything, for
-// an operator who has repaired a dirty schema by hand.
-func (m *Migrator) Force(version int) (SchemaStatus, error) {
-	mig, done, err := m.open()
-	if err != nil {
-		return SchemaStatus{}, err
-	}
-	defer done()
-	if err := mig.Force(version); err != nil {
-		return SchemaStatus{}, fmt.Errorf("forcing version %d: %w", version, err)
-	}
-	return status(mig)
 }
 
 // LatestVersion is the newest migration embedded in the binary.
