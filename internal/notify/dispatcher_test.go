@@ -46,17 +46,10 @@ func (b dispatchBundle) dispatcher(owner string) *notify.Dispatcher {
 // queue records a poll whose transitions go to every watching channel.
 func (b dispatchBundle) queue(t *testing.T, at time.Time, transitions ...rules.Transition) {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := b.store.ClaimDueStudies(ctx, "poller", at, at, time.Minute, 10); err != nil {
-		t.Fatal(err)
-	}
-	res, err := b.store.RecordPoll(ctx, store.PollRecord{StudyID: studyID, Owner: "poller", At: at},
+	storetest.RecordPoll(t, b.store, store.PollRecord{StudyID: studyID, At: at},
 		func(p store.PollState) store.Evaluation {
 			return store.Evaluation{State: p.State, Transitions: transitions, NextPollAt: at}
 		})
-	if err != nil || res.Lost {
-		t.Fatalf("queueing transitions: %+v, %v", res, err)
-	}
 }
 
 var (

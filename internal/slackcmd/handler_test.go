@@ -620,23 +620,7 @@ func TestUnwatch(t *testing.T) {
 // poll records one poll of a study through the store, as the poller would.
 func poll(t *testing.T, s *store.Store, id string, at time.Time, ok bool, urls []rules.URLCounts, errText string, transitions ...rules.Transition) {
 	t.Helper()
-	ctx := context.Background()
-	claimed, err := s.ClaimDueStudies(ctx, "test", t0.Add(time.Hour), at, time.Minute, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, c := range claimed {
-		if c.ID == id {
-			found = true
-		} else if err := s.ReleaseStudy(ctx, c.ID, "test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !found {
-		t.Fatalf("study %s was not due at %v", id, at)
-	}
-	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: id, Owner: "test", At: at, OK: ok, Error: errText},
+	storetest.RecordPoll(t, s, store.PollRecord{StudyID: id, At: at, OK: ok, Error: errText},
 		func(p store.PollState) store.Evaluation {
 			next := p.State
 			if ok {
@@ -646,9 +630,6 @@ func poll(t *testing.T, s *store.Store, id string, at time.Time, ok bool, urls [
 			}
 			return store.Evaluation{State: next, Transitions: transitions, NextPollAt: at}
 		})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestList(t *testing.T) {

@@ -183,18 +183,12 @@ func TestStatusWebhookMarksStatusStale(t *testing.T) {
 	ctx := context.Background()
 	watchAt(t, s, inboundStudy, inboundT0)
 	// A poll reads the status: it is fresh afterwards.
-	if _, err := s.ClaimDueStudies(ctx, "w", inboundT0, inboundT0, time.Minute, 10); err != nil {
-		t.Fatal(err)
-	}
-	_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: inboundStudy, Owner: "w", At: inboundT0, StatusChecked: true},
+	storetest.RecordPoll(t, s, store.PollRecord{StudyID: inboundStudy, At: inboundT0, StatusChecked: true},
 		func(p store.PollState) store.Evaluation {
 			next := p.State
 			next.Status = "PAUSED"
 			return store.Evaluation{State: next, NextPollAt: inboundT0.Add(time.Hour)}
 		})
-	if err != nil {
-		t.Fatal(err)
-	}
 	out, err := s.PollSoonOnce(ctx, "evt-status", inboundStudy, "ACTIVE", inboundT0.Add(time.Minute))
 	if err != nil || !out.Watched {
 		t.Fatalf("PollSoonOnce = %+v, %v", out, err)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/store/storetest"
 )
 
 func TestPruneKeepsWhatTheRulesNeed(t *testing.T) {
@@ -18,18 +19,12 @@ func TestPruneKeepsWhatTheRulesNeed(t *testing.T) {
 
 	poll := func(id string, at time.Time, allocated int, tr ...rules.Transition) {
 		t.Helper()
-		if _, err := s.ClaimDueStudies(ctx, "w", at, at, time.Minute, 10); err != nil {
-			t.Fatal(err)
-		}
-		_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: id, Owner: "w", At: at, OK: true},
+		storetest.RecordPoll(t, s, store.PollRecord{StudyID: id, At: at, OK: true},
 			func(p store.PollState) store.Evaluation {
 				next := p.State
 				next.URLs = []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 10, Allocated: allocated}}
 				return store.Evaluation{State: next, Transitions: tr, NextPollAt: at}
 			})
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 	// Study A: 5 old observations and 1 recent one. Study B: 3 old ones only.
 	for i := range 5 {

@@ -207,14 +207,7 @@ func TestRecordPollWritesObservationsOnlyOnChange(t *testing.T) {
 	poll := func(i int, urls []rules.URLCounts) store.PollResult {
 		t.Helper()
 		at := t0.Add(time.Duration(i) * time.Minute)
-		if _, err := s.ClaimDueStudies(ctx, "w1", at, at, time.Minute, 10); err != nil {
-			t.Fatal(err)
-		}
-		res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true}, keep(urls))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
+		return storetest.RecordPoll(t, s, store.PollRecord{StudyID: studyA, At: at, OK: true}, keep(urls))
 	}
 	for i := range 10 {
 		res := poll(i, urls)
@@ -392,17 +385,11 @@ func TestAlertsOnVeryLongURLs(t *testing.T) {
 	long := "https://survey.example/" + strings.Repeat("q", 3000)
 	for i, state := range []rules.TransitionState{rules.Firing, rules.Resolved, rules.Firing} {
 		at := t0.Add(time.Duration(i) * time.Minute)
-		if _, err := s.ClaimDueStudies(ctx, "w1", at, at, time.Minute, 10); err != nil {
-			t.Fatal(err)
-		}
-		_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true},
+		storetest.RecordPoll(t, s, store.PollRecord{StudyID: studyA, At: at, OK: true},
 			func(p store.PollState) store.Evaluation {
 				return store.Evaluation{State: p.State, Transitions: []rules.Transition{
 					{Rule: rules.OverAllocation, ExternalURL: long, State: state, At: at, Since: at}}}
 			})
-		if err != nil {
-			t.Fatalf("poll %d (%s): %v", i, state, err)
-		}
 	}
 	st, err := s.GetStudy(ctx, studyA)
 	if err != nil || len(st.OpenAlerts) != 1 || st.OpenAlerts[0].ExternalURL != long {
@@ -417,15 +404,12 @@ func TestDestinationQueuesOneMessagePerTransition(t *testing.T) {
 	for _, ch := range []string{"C1", "C2", "C3"} {
 		addWatch(t, s, studyA, ch)
 	}
-	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
-		t.Fatal(err)
-	}
-	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Destination: "incoming-webhook"},
+	res := storetest.RecordPoll(t, s, store.PollRecord{StudyID: studyA, At: t0, Destination: "incoming-webhook"},
 		func(p store.PollState) store.Evaluation {
 			return store.Evaluation{State: p.State, Transitions: []rules.Transition{{Rule: rules.PollFailing, State: rules.Firing, At: t0, Since: t0}}}
 		})
-	if err != nil || res.Queued != 1 || countRows(t, dsn, "outbox") != 1 {
-		t.Fatalf("RecordPoll = %+v, %v; want one message for three watching channels", res, err)
+	if res.Queued != 1 || countRows(t, dsn, "outbox") != 1 {
+		t.Fatalf("RecordPoll = %+v; want one message for three watching channels", res)
 	}
 	msgs, err := s.ClaimOutbox(ctx, "d", t0, time.Minute, time.Second, 10)
 	if err != nil || len(msgs) != 1 || msgs[0].ChannelID != "incoming-webhook" {

@@ -7,6 +7,7 @@
 package storetest
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -79,4 +80,36 @@ func New(t testing.TB) *store.Store {
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// RecordPoll records one poll of rec.StudyID as the poller would: it claims
+// the study (handing back any other study the claim took), records the poll
+// with eval, and fails the test on an error or a lost lease. rec.Owner
+// defaults to "storetest".
+func RecordPoll(t testing.TB, s *store.Store, rec store.PollRecord, eval store.Evaluator) store.PollResult {
+	t.Helper()
+	ctx := context.Background()
+	rec.Owner = cmp.Or(rec.Owner, "storetest")
+	// Any study due up to a century after the poll counts: tests decide
+	// when they poll, not the schedule.
+	claimed, err := s.ClaimDueStudies(ctx, rec.Owner, rec.At.AddDate(100, 0, 0), rec.At, time.Minute, 1000)
+	if err != nil {
+		t.Fatalf("claiming study %s: %v", rec.StudyID, err)
+	}
+	found := false
+	for _, c := range claimed {
+		if c.ID == rec.StudyID {
+			found = true
+		} else if err := s.ReleaseStudy(ctx, c.ID, rec.Owner); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !found {
+		t.Fatalf("study %s could not be claimed at %v", rec.StudyID, rec.At)
+	}
+	res, err := s.RecordPoll(ctx, rec, eval)
+	if err != nil || res.Lost {
+		t.Fatalf("recording a poll of study %s: %+v, %v", rec.StudyID, res, err)
+	}
+	return res
 }
