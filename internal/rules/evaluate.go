@@ -197,7 +197,11 @@ func (e *evaluation) observe(next *StudyState, prev StudyState, poll Poll, setti
 
 	moved := allocationMoved(before, after)
 	reactivated := becameActive(prev.Status, poll.Status)
-	if prev.StallSince.IsZero() || moved || reactivated {
+	// Time spent with every URL full is not stalling: nothing could be
+	// allocated. When room appears again (a larger allocation, a
+	// screen-out slot), the stall clock starts from then.
+	roomAppeared := !hasRoom(prev.URLs) && hasRoom(poll.URLs)
+	if prev.StallSince.IsZero() || moved || reactivated || roomAppeared {
 		next.StallSince = e.now
 	}
 	e.stalled(*next, prev.Status, poll.URLs, moved, reactivated, settings)
@@ -259,7 +263,7 @@ func (e *evaluation) overAllocation(c URLCounts) {
 // stalled decides the Stalled rule from a successful observation; next
 // already carries this poll's status and stall clock.
 func (e *evaluation) stalled(next StudyState, prevStatus string, urls []URLCounts, moved, reactivated bool, settings Settings) {
-	room := slices.ContainsFunc(urls, func(c URLCounts) bool { return c.Allocated < c.Capacity() })
+	room := hasRoom(urls)
 	unchanged := e.now.Sub(next.StallSince)
 	active := next.Status == StatusActive
 	stalled := active && room && unchanged >= settings.StallAfter
@@ -357,6 +361,11 @@ func indexByURL(urls []URLCounts) map[string]URLCounts {
 		m[c.ExternalURL] = c
 	}
 	return m
+}
+
+// hasRoom reports whether some URL can still take participants.
+func hasRoom(urls []URLCounts) bool {
+	return slices.ContainsFunc(urls, func(c URLCounts) bool { return c.Allocated < c.Capacity() })
 }
 
 // allocationMoved reports whether any URL's allocated differs between two

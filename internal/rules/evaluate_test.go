@@ -394,6 +394,25 @@ func TestEvaluateSequences(t *testing.T) {
 			},
 		},
 		{
+			// Hours spent full are not stalling: a larger allocation restarts the stall clock.
+			name: "room appearing restarts the stall clock",
+			steps: []step{
+				{after: 0, poll: active(counts(a, 10, 10, 0)), want: nil},
+				{after: 8 * time.Hour, poll: active(counts(a, 20, 10, 0)), want: nil, check: wantStallSince(8 * time.Hour)},
+				{after: 14*time.Hour - time.Second, poll: active(counts(a, 20, 10, 0)), want: nil},
+				{after: 14 * time.Hour, poll: active(counts(a, 20, 10, 0)), want: []string{"firing stalled"}},
+			},
+		},
+		{
+			// A screen-out slot on a full URL is room too: the event, but no stalled.
+			name: "screen-out slot on a full study does not fire stalled",
+			steps: []step{
+				{after: 0, poll: active(counts(a, 10, 10, 0)), want: nil},
+				{after: 8 * time.Hour, poll: active(counts(a, 10, 10, 1)), want: []string{"event capacity_increase " + a + " 0→1"},
+					check: wantStallSince(8 * time.Hour)},
+			},
+		},
+		{
 			// Failed polls neither fire stalled nor move the stall clock; the next observation decides.
 			name: "failed polls never fire stalled",
 			steps: []step{
