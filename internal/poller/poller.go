@@ -32,7 +32,7 @@ type Prolific interface {
 type Store interface {
 	ClaimDueStudies(ctx context.Context, owner string, dueBy, now time.Time, lease time.Duration, limit int) ([]store.ClaimedStudy, error)
 	RecordPoll(ctx context.Context, rec store.PollRecord, eval store.Evaluator) (store.PollResult, error)
-	RecordPollFailure(ctx context.Context, studyID, owner string, at time.Time, reason string) (bool, error)
+	RecordPollFailure(ctx context.Context, studyID, owner string, at, nextPollAt time.Time, reason string) (bool, error)
 	ReleaseStudy(ctx context.Context, studyID, owner string) error
 }
 
@@ -272,12 +272,12 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 }
 
 // recordFailure notes on the study that its poll could not be stored and
-// releases it; when even that fails (the database is away), the release is
-// retried by the next cycle.
-func (p *Poller) recordFailure(studyID string, at time.Time, cause error) {
+// releases it until nextTick; when even that fails (the database is away),
+// the release is retried by the next cycle.
+func (p *Poller) recordFailure(studyID string, at, nextTick time.Time, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := p.store.RecordPollFailure(ctx, studyID, p.cfg.Owner, at, "storing the poll failed: "+cause.Error()); err != nil {
+	if _, err := p.store.RecordPollFailure(ctx, studyID, p.cfg.Owner, at, nextTick, "storing the poll failed: "+cause.Error()); err != nil {
 		p.unreleasedMu.Lock()
 		p.unreleased[studyID] = struct{}{}
 		p.unreleasedMu.Unlock()
@@ -389,13 +389,13 @@ func (p *Poller) pollOne(c store.ClaimedStudy, nextTick time.Time) bool {
 		// instead of waiting out the lease. If the poll was committed after
 		// all, the lease is already gone and this changes nothing.
 		log.Error("recording poll failed", slog.Any("error", err))
-		p.recordFailure(c.ID, at, err)
+		p.recordFailure(c.ID, at, nextTick, err)
 		if p.cfg.Observer != nil {
 			p.cfg.Observer.PollDone(OutcomeStoreError, latency, store.PollResult{})
 		}
 		return false
 	case res.Lost:
-		log.Warn("lease lost before the poll was recorded; another replica polls this study")
+		log.Warn("poll not recorded: the study was unwatched meanwhile, or its lease passed to another replica")
 		return false
 	}
 	log.Debug("polled study", slog.String("outcome", string(outcome)), slog.String("latency", latency.Round(time.Millisecond).String()),

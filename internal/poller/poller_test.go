@@ -227,8 +227,13 @@ func TestPollThatCannotBeStoredIsShownAndReleased(t *testing.T) {
 	if err != nil || got.LastPollOK || !strings.Contains(got.LastError, "storing the poll failed") {
 		t.Fatalf("study = %+v, %v; want the storage failure shown", got, err)
 	}
-	// The lease is handed back: the next tick polls the study again.
-	if s := p.RunOnce(context.Background(), t0); s.Polled != 1 {
+	// It is not fetched again for the same tick (each retry would cost
+	// Prolific requests and could not be stored either)...
+	if s := p.RunOnce(context.Background(), t0); s.Polled != 0 {
+		t.Errorf("a second cycle for the same tick polled %d, want 0", s.Polled)
+	}
+	// ...but the lease is handed back: the next tick polls the study again.
+	if s := p.RunOnce(context.Background(), t0.Add(time.Minute)); s.Polled != 1 {
 		t.Errorf("next cycle polled %d, want the released study", s.Polled)
 	}
 }

@@ -204,6 +204,12 @@ func TestProgressLenientDecoding(t *testing.T) {
 			body: `{"id": "c", "extra": {"a": [1]}, "progress": [{"external_url": "u", "total_allocation": 1, "allocated": 1, "capacity_increments": 0, "label": "x"}], "_links": {}}`,
 			want: []rules.URLCounts{{ExternalURL: "u", TotalAllocation: 1, Allocated: 1}},
 		},
+		// NUL characters, which Postgres cannot store, are dropped.
+		{
+			name: "NUL in external_url",
+			body: `{"progress": [{"external_url": "https://a.example/\u0000x", "total_allocation": 1, "allocated": 0}]}`,
+			want: []rules.URLCounts{{ExternalURL: "https://a.example/x", TotalAllocation: 1}},
+		},
 		// The collection id may be null.
 		{
 			name: "null id",
@@ -570,6 +576,25 @@ func TestStudyKeepsUnknownStatus(t *testing.T) {
 	}
 	if got.Status != "ON HOLD" || got.TotalAvailablePlaces != 30 {
 		t.Errorf("Study = %+v", got)
+	}
+}
+
+// Names, statuses and error texts reach Postgres, which refuses NUL
+// characters; the client drops them so that such a study can still be recorded.
+func TestNULCharactersAreDropped(t *testing.T) {
+	t.Parallel()
+	srv := rawServer(t, http.StatusOK, nil, `{"id": "x", "name": "Pilot\u0000 survey", "status": "ACTIVE\u0000"}`)
+	got, err := newTestClient(t, srv.URL).Study(t.Context(), testStudyID)
+	if err != nil {
+		t.Fatalf("Study: %v", err)
+	}
+	if got.Name != "Pilot survey" || got.Status != "ACTIVE" {
+		t.Errorf("Study = %+v", got)
+	}
+	srv = rawServer(t, http.StatusInternalServerError, nil, `{"error": {"title": "bad\u0000", "detail": "\u0000down"}}`)
+	_, err = newTestClient(t, srv.URL).Progress(t.Context(), testStudyID)
+	if err == nil || strings.ContainsRune(err.Error(), 0) {
+		t.Errorf("Progress error = %q, want one without NUL", err)
 	}
 }
 

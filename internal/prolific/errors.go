@@ -168,9 +168,9 @@ func newAPIError(endpoint string, status int, header http.Header, body []byte, n
 		RetryAfter: parseRetryAfter(header.Get("Retry-After"), now),
 	}
 	e.Code, e.Title, e.Detail = decodeErrorBody(body)
-	e.Code = truncateText(redact(e.Code))
-	e.Title = truncateText(redact(e.Title))
-	e.Detail = truncateText(redact(e.Detail))
+	e.Code = truncateText(storable(redact(e.Code)))
+	e.Title = truncateText(storable(redact(e.Title)))
+	e.Detail = truncateText(storable(redact(e.Detail)))
 	return e
 }
 

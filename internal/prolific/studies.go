@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 )
@@ -141,6 +142,7 @@ func decodeURLCounts(w wireURLCounts) (counts rules.URLCounts, field, problem st
 	if err := json.Unmarshal(w.ExternalURL, &counts.ExternalURL); err != nil {
 		return counts, "external_url", "not a string"
 	}
+	counts.ExternalURL = storable(counts.ExternalURL)
 	if counts.ExternalURL == "" {
 		return counts, "external_url", "empty"
 	}
@@ -225,6 +227,13 @@ func unmarshalObject(data []byte, v any) error {
 	return nil
 }
 
+// storable drops NUL characters, which JSON may carry (\u0000) but
+// Postgres text and jsonb refuse: one stray NUL in a study name or URL
+// would otherwise make every poll of the study impossible to record.
+func storable(s string) string {
+	return strings.ReplaceAll(s, "\x00", "")
+}
+
 // isNull reports whether a raw field is absent or JSON null.
 func isNull(raw json.RawMessage) bool {
 	return len(raw) == 0 || string(raw) == "null"
@@ -264,9 +273,9 @@ func (c *Client) Study(ctx context.Context, studyID string) (Study, error) {
 	}
 	return Study{
 		ID:                   wire.ID,
-		Name:                 wire.Name,
-		InternalName:         wire.InternalName,
-		Status:               wire.Status,
+		Name:                 storable(wire.Name),
+		InternalName:         storable(wire.InternalName),
+		Status:               storable(wire.Status),
 		TotalAvailablePlaces: places,
 	}, nil
 }

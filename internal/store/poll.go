@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -67,12 +68,14 @@ func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now ti
 // RecordPollFailure notes, outside any poll transaction, that owner's poll
 // of a study could not be recorded, and hands the lease back. It keeps such
 // a study from looking healthy in `studies list` while every poll of it
-// fails to store. It reports whether owner still held the lease.
-func (s *Store) RecordPollFailure(ctx context.Context, studyID, owner string, at time.Time, reason string) (bool, error) {
+// fails to store. The study is not due again before nextPollAt (the next
+// tick), so that a poll that cannot be stored is not fetched over and over
+// within one cycle. It reports whether owner still held the lease.
+func (s *Store) RecordPollFailure(ctx context.Context, studyID, owner string, at, nextPollAt time.Time, reason string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE studies SET last_polled_at = $3, last_poll_ok = false, last_error = $4,
-		       lease_owner = NULL, lease_until = NULL
-		WHERE id = $1 AND lease_owner = $2`, studyID, owner, at, reason)
+		       next_poll_at = GREATEST(next_poll_at, $5), lease_owner = NULL, lease_until = NULL
+		WHERE id = $1 AND lease_owner = $2`, studyID, owner, at, reason, nextPollAt)
 	if err != nil {
 		return false, fmt.Errorf("recording failed poll of study %s: %w", studyID, err)
 	}
@@ -175,7 +178,8 @@ type PollResult struct {
 	Transitions []rules.Transition
 	// Queued is the number of outbox messages written.
 	Queued int
-	// Lost is true when the lease had passed to another poller, so nothing was written.
+	// Lost is true when the lease had passed to another poller, or the
+	// study was unwatched during the poll, so nothing was written.
 	Lost bool
 }
 
@@ -208,8 +212,13 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 			FROM studies s WHERE s.id = $1 FOR UPDATE OF s`, rec.StudyID).
 			Scan(&name, &prev.State.Status, &prev.State.ConsecutiveFailures, &stallSince, &leaseOwner, &stallAfterS,
 				&prev.DefaultStallAfter, &prev.State.URLs, &prev.State.Open)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// The last watch was removed while the study was being polled.
+			res.Lost = true
+			return nil
+		}
 		if err != nil {
-			return fmt.Errorf("loading study state: %w", notFound(err))
+			return fmt.Errorf("loading study state: %w", err)
 		}
 		if leaseOwner == nil || *leaseOwner != rec.Owner {
 			res.Lost = true

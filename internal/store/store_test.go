@@ -309,6 +309,28 @@ func TestRecordPollAfterLostLeaseWritesNothing(t *testing.T) {
 	}
 }
 
+func TestRecordPollOfAStudyUnwatchedMeanwhileWritesNothing(t *testing.T) {
+	t.Parallel()
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	// The only channel unwatches while the poll is in flight.
+	if err := s.RemoveWatch(ctx, studyA, "C1"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, OK: true},
+		keep([]rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}))
+	if err != nil || !res.Lost {
+		t.Fatalf("RecordPoll of a removed study = %+v, %v; want Lost and no error", res, err)
+	}
+	if got := countRows(t, dsn, "observations"); got != 0 {
+		t.Errorf("observations = %d, want 0", got)
+	}
+}
+
 func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)
@@ -425,17 +447,23 @@ func TestRecordPollFailureShowsAndReleases(t *testing.T) {
 	if _, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.RecordPollFailure(ctx, studyA, "w2", t0, "boom"); err != nil || ok {
+	nextTick := t0.Add(5 * time.Minute)
+	if ok, err := s.RecordPollFailure(ctx, studyA, "w2", t0, nextTick, "boom"); err != nil || ok {
 		t.Fatalf("failure recorded by a non-owner = %v, %v", ok, err)
 	}
-	if ok, err := s.RecordPollFailure(ctx, studyA, "w1", t0, "storing the poll failed: boom"); err != nil || !ok {
+	if ok, err := s.RecordPollFailure(ctx, studyA, "w1", t0, nextTick, "storing the poll failed: boom"); err != nil || !ok {
 		t.Fatalf("RecordPollFailure = %v, %v", ok, err)
 	}
 	st, err := s.GetStudy(ctx, studyA)
 	if err != nil || st.LastPollOK || st.LastError != "storing the poll failed: boom" {
 		t.Fatalf("study = %+v, %v; want the failure shown", st, err)
 	}
-	if c, err := s.ClaimDueStudies(ctx, "w3", t0, t0, time.Minute, 10); err != nil || len(c) != 1 {
-		t.Fatalf("claim after the failure = %v, %v; want the study released", c, err)
+	// Not due again in the same cycle: a poll that cannot be stored must
+	// not be fetched over and over until the tick ends.
+	if c, err := s.ClaimDueStudies(ctx, "w3", t0, t0, time.Minute, 10); err != nil || len(c) != 0 {
+		t.Fatalf("claim in the same cycle = %v, %v; want nothing due before the next tick", c, err)
+	}
+	if c, err := s.ClaimDueStudies(ctx, "w3", nextTick, nextTick, time.Minute, 10); err != nil || len(c) != 1 {
+		t.Fatalf("claim at the next tick = %v, %v; want the study released", c, err)
 	}
 }
