@@ -10,6 +10,11 @@ CREATE TABLE studies (
     next_poll_at         timestamptz NOT NULL,
     lease_owner          text,
     lease_until          timestamptz,
+    -- Set by a webhook, cleared by the claim: a webhook that arrives while
+    -- the study is being polled must still get a poll (and a status read)
+    -- after that one, instead of being overwritten by its schedule.
+    poll_requested       boolean     NOT NULL DEFAULT false,
+    status_recheck       boolean     NOT NULL DEFAULT false,
     -- The outcome of the last poll, shown by `studies list` and `/taskflow list`.
     last_polled_at       timestamptz,
     last_poll_ok         boolean,

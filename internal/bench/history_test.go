@@ -207,6 +207,7 @@ var recordPollQueries = []struct {
 	{"study state", "poll.go", `
 		SELECT s.name, s.status, s.consecutive_failures, s.stall_since, s.lease_owner,
 		       coalesce((SELECT min(stall_after_seconds) FROM watches w WHERE w.study_id = s.id), 0),
+		       coalesce((SELECT bool_or(stall_after_seconds IS NULL) FROM watches w WHERE w.study_id = s.id), true),
 		       (SELECT o.progress FROM observations o WHERE o.study_id = s.id
 		        ORDER BY o.observed_at DESC, o.id DESC LIMIT 1),
 		       (SELECT jsonb_agg(jsonb_build_object('rule', a.rule, 'external_url', a.external_url, 'since', a.fired_at)
@@ -217,8 +218,10 @@ var recordPollQueries = []struct {
 	{"study update", "poll.go", `
 		UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
 		       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
-		       next_poll_at = $10, lease_owner = NULL, lease_until = NULL,
-		       status_checked_at = CASE WHEN $11 THEN $6 ELSE status_checked_at END
+		       next_poll_at = CASE WHEN poll_requested THEN LEAST($10::timestamptz, $6::timestamptz) ELSE $10::timestamptz END,
+		       lease_owner = NULL, lease_until = NULL,
+		       status_checked_at = CASE WHEN status_recheck THEN NULL WHEN $11 THEN $6::timestamptz ELSE status_checked_at END,
+		       poll_requested = false, status_recheck = false
 		WHERE id = $1`,
 		func(now time.Time) []any {
 			return []any{historyStudy, "Bench study 0", rules.StatusActive, 0, now, now, true, "", "", now, false}

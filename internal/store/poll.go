@@ -41,7 +41,7 @@ func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now ti
 			LIMIT $4
 			FOR UPDATE SKIP LOCKED
 		)
-		UPDATE studies s SET lease_owner = $2, lease_until = $3
+		UPDATE studies s SET lease_owner = $2, lease_until = $3, poll_requested = false, status_recheck = false
 		WHERE s.id = ANY (ARRAY(SELECT id FROM due))
 		RETURNING s.id, s.name, s.status, coalesce(s.status_checked_at, '-infinity')`,
 		now, owner, now.Add(lease), limit, dueBy)
@@ -100,7 +100,9 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 // see the change (a study becoming ACTIVE again restarts the stall clock);
 // the webhook's own value is never stored, since webhooks may arrive out of
 // order. It reports whether the study is watched. The poll itself still
-// goes through ClaimDueStudies, so replicas never poll it twice.
+// goes through ClaimDueStudies, so replicas never poll it twice. The
+// request is also flagged, so that a poll already in flight, whose fetch
+// may predate the change, leaves the study due and its status stale.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
 	return schedulePoll(ctx, s.pool, studyID, status, now)
 }
@@ -112,8 +114,9 @@ type execer interface {
 
 func schedulePoll(ctx context.Context, db execer, studyID, status string, now time.Time) (bool, error) {
 	tag, err := db.Exec(ctx, `
-		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2),
-		       status_checked_at = CASE WHEN $3 <> '' THEN NULL ELSE status_checked_at END
+		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2), poll_requested = true,
+		       status_checked_at = CASE WHEN $3 <> '' THEN NULL ELSE status_checked_at END,
+		       status_recheck = status_recheck OR $3 <> ''
 		WHERE id = $1`, studyID, now, status)
 	if err != nil {
 		return false, fmt.Errorf("scheduling poll of study %s: %w", studyID, err)
@@ -254,11 +257,15 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 		if !next.StallSince.IsZero() {
 			nextStallSince = &next.StallSince
 		}
+		// A webhook that arrived during this poll keeps the study due and,
+		// for a status change, its status stale (see PollSoon).
 		writes.Queue(`
 			UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
 			       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
-			       next_poll_at = $10, lease_owner = NULL, lease_until = NULL,
-			       status_checked_at = CASE WHEN $11 THEN $6 ELSE status_checked_at END
+			       next_poll_at = CASE WHEN poll_requested THEN LEAST($10::timestamptz, $6::timestamptz) ELSE $10::timestamptz END,
+			       lease_owner = NULL, lease_until = NULL,
+			       status_checked_at = CASE WHEN status_recheck THEN NULL WHEN $11 THEN $6::timestamptz ELSE status_checked_at END,
+			       poll_requested = false, status_recheck = false
 			WHERE id = $1`,
 			rec.StudyID, name, next.Status, next.ConsecutiveFailures, nextStallSince,
 			rec.At, rec.OK, rec.Error, ev.Note, ev.NextPollAt, rec.StatusChecked)

@@ -331,6 +331,50 @@ func TestRecordPollOfAStudyUnwatchedMeanwhileWritesNothing(t *testing.T) {
 	}
 }
 
+func TestWebhookDuringAPollKeepsTheStudyDue(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	if c, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil || len(c) != 1 {
+		t.Fatalf("claim = %v, %v", c, err)
+	}
+	// A status webhook lands after the poll fetched the status and
+	// progress, before it is recorded.
+	if watched, err := s.PollSoon(ctx, studyA, "PAUSED", t0.Add(200*time.Millisecond)); err != nil || !watched {
+		t.Fatalf("PollSoon = %v, %v", watched, err)
+	}
+	at := t0.Add(time.Second)
+	_, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: at, OK: true, StatusChecked: true},
+		func(p store.PollState) store.Evaluation {
+			next := p.State
+			next.URLs = []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}
+			return store.Evaluation{State: next, NextPollAt: t0.Add(5 * time.Minute)}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The recorded poll predates the change: the study is due at once, and
+	// its status is read again.
+	c, err := s.ClaimDueStudies(ctx, "w2", at, at, time.Minute, 10)
+	if err != nil || len(c) != 1 || !c[0].StatusCheckedAt.IsZero() {
+		t.Fatalf("claim after the poll = %+v, %v; want the study due with its status stale", c, err)
+	}
+	// The claim took the request: the poll after it follows the schedule.
+	next := t0.Add(10 * time.Minute)
+	if _, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w2", At: at.Add(time.Second), OK: true, StatusChecked: true},
+		func(p store.PollState) store.Evaluation { return store.Evaluation{State: p.State, NextPollAt: next} }); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil || !st.NextPollAt.Equal(next) {
+		t.Fatalf("study = %+v, %v; want it due at the next tick %v", st, err, next)
+	}
+	if c, err := s.ClaimDueStudies(ctx, "w3", next, next, time.Minute, 10); err != nil || len(c) != 1 || c[0].StatusCheckedAt.IsZero() {
+		t.Fatalf("claim at the next tick = %+v, %v; want the status marked as read", c, err)
+	}
+}
+
 func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)
