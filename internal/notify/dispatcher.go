@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/replica"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // OutboxStore is the part of the store the dispatcher works through.
@@ -44,6 +46,7 @@ const (
 	DefaultLease       = 2 * time.Minute
 	DefaultBatch       = 32
 	DefaultMaxAttempts = 12
+	DefaultMaxAge      = 24 * time.Hour
 	DefaultBaseBackoff = 2 * time.Second
 	DefaultMaxBackoff  = 5 * time.Minute
 	DefaultInterval    = time.Second
@@ -58,8 +61,11 @@ type DispatcherConfig struct {
 	Lease time.Duration
 	// Batch is how many channels one round serves at once.
 	Batch int
-	// MaxAttempts bounds retries of one message.
+	// MaxAttempts and MaxAge bound retries of one message: it is given up
+	// once both are exceeded, so that a Slack outage of hours loses nothing
+	// and a backlog found after a long downtime still gets its attempts.
 	MaxAttempts int
+	MaxAge      time.Duration
 	// BaseBackoff and MaxBackoff bound the exponential delay between retries.
 	BaseBackoff, MaxBackoff time.Duration
 	// Interval is how often the outbox is checked when nothing wakes the dispatcher.
@@ -93,6 +99,7 @@ func NewDispatcher(cfg DispatcherConfig, s OutboxStore, sender Sender) *Dispatch
 	cfg.Lease = cmp.Or(cfg.Lease, DefaultLease)
 	cfg.Batch = cmp.Or(cfg.Batch, DefaultBatch)
 	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, DefaultMaxAttempts)
+	cfg.MaxAge = cmp.Or(cfg.MaxAge, DefaultMaxAge)
 	cfg.BaseBackoff = cmp.Or(cfg.BaseBackoff, DefaultBaseBackoff)
 	cfg.MaxBackoff = cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff)
 	cfg.Interval = cmp.Or(cfg.Interval, DefaultInterval)
@@ -209,8 +216,8 @@ func (d *Dispatcher) deliver(ctx context.Context, m store.OutboxMessage) bool {
 		log.Warn("notification failed permanently", slog.String("reason", verdict.Reason))
 		d.markFailed(ctx, m, now, verdict.Reason, log)
 		d.observe(DeliveryFailed, verdict.Reason)
-	case m.Attempts >= d.cfg.MaxAttempts:
-		reason := fmt.Sprintf("gave up after %d attempts: %s", m.Attempts, verdict.Reason)
+	case m.Attempts >= d.cfg.MaxAttempts && now.Sub(m.CreatedAt) >= d.cfg.MaxAge:
+		reason := fmt.Sprintf("gave up after %d attempts over %s: %s", m.Attempts, textviz.Duration(now.Sub(m.CreatedAt)), verdict.Reason)
 		log.Warn("notification failed permanently", slog.String("reason", reason))
 		d.markFailed(ctx, m, now, reason, log)
 		d.observe(DeliveryFailed, "attempts_exhausted")
@@ -272,8 +279,16 @@ func (d *Dispatcher) backoff(attempts int) time.Duration {
 	return wait/2 + rand.N(wait/2+1)
 }
 
+// observe reports a delivery attempt. The reason becomes a metric label,
+// so free-form detail (addresses and ports of a network error, an
+// unrecognised error's text) is cut to its kind to keep the series bounded;
+// the full reason stays in the outbox row and the log.
 func (d *Dispatcher) observe(outcome DeliveryOutcome, reason string) {
-	if d.cfg.Observer != nil {
-		d.cfg.Observer.Delivered(outcome, reason)
+	if d.cfg.Observer == nil {
+		return
 	}
+	if kind, _, found := strings.Cut(reason, ": "); found {
+		reason = kind
+	}
+	d.cfg.Observer.Delivered(outcome, reason)
 }

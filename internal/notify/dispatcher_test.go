@@ -38,7 +38,7 @@ func setupDispatch(t *testing.T, channels ...string) dispatchBundle {
 }
 
 func (b dispatchBundle) dispatcher(owner string) *notify.Dispatcher {
-	return notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: b.clock.Now, BaseBackoff: time.Second, MaxAttempts: 4,
+	return notify.NewDispatcher(notify.DispatcherConfig{Owner: owner, Now: b.clock.Now, BaseBackoff: time.Second, MaxAttempts: 4, MaxAge: 30 * time.Minute,
 		Logger: slog.New(slog.DiscardHandler)},
 		b.store, notify.NewBotSender(b.slack.Token(), b.slack.URL(), nil))
 }
@@ -155,7 +155,8 @@ func TestDispatcherRetriesServerErrorsThenGivesUp(t *testing.T) {
 	b.queue(t, t0, overFiring)
 	b.slack.FailNext("C1", slackfake.Fault{Status: 500}, -1)
 
-	// MaxAttempts is 4: advancing well past every backoff, exactly 4 attempts are made.
+	// MaxAttempts is 4 and MaxAge 30 minutes: advancing 10 minutes at a
+	// time, well past every backoff, the 4th attempt (at 30 minutes) is the last.
 	for i := range 10 {
 		b.clock.Set(t0.Add(time.Duration(i) * 10 * time.Minute))
 		d.RunOnce(ctx)
@@ -166,6 +167,58 @@ func TestDispatcherRetriesServerErrorsThenGivesUp(t *testing.T) {
 	st, err := b.store.OutboxStats(ctx)
 	if err != nil || st.Pending != 0 {
 		t.Errorf("pending after giving up = %+v, %v", st, err)
+	}
+}
+
+func TestDispatcherKeepsRetryingWithinMaxAge(t *testing.T) {
+	t.Parallel()
+	b := setupDispatch(t, "C1")
+	d := b.dispatcher("w1")
+	ctx := context.Background()
+	b.queue(t, t0, overFiring)
+	b.slack.FailNext("C1", slackfake.Fault{Status: 500}, -1)
+
+	// Ten minutes of a failing Slack: more attempts than MaxAttempts, but
+	// the message is younger than MaxAge, so it is still waiting.
+	for i := range 11 {
+		b.clock.Set(t0.Add(time.Duration(i) * time.Minute))
+		d.RunOnce(ctx)
+	}
+	if got := len(b.slack.Requests()); got <= 4 {
+		t.Errorf("attempts = %d, want more than MaxAttempts (4) within MaxAge", got)
+	}
+	st, err := b.store.OutboxStats(ctx)
+	if err != nil || st.Pending != 1 {
+		t.Errorf("outbox = %+v, %v; want the message still pending", st, err)
+	}
+}
+
+// reasons records the reason label of every delivery attempt.
+type reasons struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *reasons) Delivered(_ notify.DeliveryOutcome, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, reason)
+}
+
+func TestDispatcherMetricReasonsAreBounded(t *testing.T) {
+	t.Parallel()
+	b := setupDispatch(t, "C1")
+	obs := &reasons{}
+	// Nothing listens on port 1: every attempt is a refused connection,
+	// whose error text carries addresses that must not become labels.
+	d := notify.NewDispatcher(notify.DispatcherConfig{Owner: "w1", Now: b.clock.Now, Observer: obs, Logger: slog.New(slog.DiscardHandler)},
+		b.store, notify.NewBotSender("xoxb-test", "http://127.0.0.1:1/api/", nil))
+	b.queue(t, t0, overFiring)
+	d.RunOnce(context.Background())
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.got) != 1 || obs.got[0] != "network" {
+		t.Errorf("reasons = %q, want [network]", obs.got)
 	}
 }
 
