@@ -439,7 +439,11 @@ func (p *Poller) nextPoll(next rules.StudyState, fetchErr error, nextTick, now t
 		}
 		at := later(nextTick, now.Add(backoff))
 		if at.After(nextTick) {
-			return at, fmt.Sprintf("backing off after %d failed polls until %s", next.ConsecutiveFailures, at.UTC().Format(time.RFC3339))
+			polls := "polls"
+			if next.ConsecutiveFailures == 1 {
+				polls = "poll"
+			}
+			return at, fmt.Sprintf("backing off after %d failed %s until %s", next.ConsecutiveFailures, polls, at.UTC().Format(time.RFC3339))
 		}
 		return at, ""
 	}

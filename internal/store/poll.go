@@ -102,7 +102,10 @@ func (s *Store) ReleaseStudy(ctx context.Context, studyID, owner string) error {
 // order. It reports whether the study is watched. The poll itself still
 // goes through ClaimDueStudies, so replicas never poll it twice. The
 // request is also flagged, so that a poll already in flight, whose fetch
-// may predate the change, leaves the study due and its status stale.
+// may predate the change, leaves the study due and its status stale. A
+// study whose polls are failing keeps its back-off (and any Retry-After):
+// progress webhooks come with every allocation, and must not turn a rate
+// limit into a request each.
 func (s *Store) PollSoon(ctx context.Context, studyID, status string, now time.Time) (bool, error) {
 	return schedulePoll(ctx, s.pool, studyID, status, now)
 }
@@ -114,7 +117,9 @@ type execer interface {
 
 func schedulePoll(ctx context.Context, db execer, studyID, status string, now time.Time) (bool, error) {
 	tag, err := db.Exec(ctx, `
-		UPDATE studies SET next_poll_at = LEAST(next_poll_at, $2), poll_requested = true,
+		UPDATE studies SET
+		       next_poll_at = CASE WHEN consecutive_failures > 0 THEN next_poll_at ELSE LEAST(next_poll_at, $2) END,
+		       poll_requested = consecutive_failures = 0,
 		       status_checked_at = CASE WHEN $3 <> '' THEN NULL ELSE status_checked_at END,
 		       status_recheck = status_recheck OR $3 <> ''
 		WHERE id = $1`, studyID, now, status)

@@ -375,6 +375,33 @@ func TestWebhookDuringAPollKeepsTheStudyDue(t *testing.T) {
 	}
 }
 
+func TestWebhookKeepsTheBackOffOfAFailingStudy(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	addWatch(t, s, studyA, "C1")
+	if c, err := s.ClaimDueStudies(ctx, "w1", t0, t0, time.Minute, 10); err != nil || len(c) != 1 {
+		t.Fatalf("claim = %v, %v", c, err)
+	}
+	// A 429 asked for half an hour.
+	backoff := t0.Add(30 * time.Minute)
+	if _, err := s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0, Error: "rate limited"},
+		func(p store.PollState) store.Evaluation {
+			next := p.State
+			next.ConsecutiveFailures++
+			return store.Evaluation{State: next, NextPollAt: backoff}
+		}); err != nil {
+		t.Fatal(err)
+	}
+	if watched, err := s.PollSoon(ctx, studyA, "", t0.Add(time.Minute)); err != nil || !watched {
+		t.Fatalf("PollSoon = %v, %v", watched, err)
+	}
+	st, err := s.GetStudy(ctx, studyA)
+	if err != nil || !st.NextPollAt.Equal(backoff) {
+		t.Fatalf("study = %+v, %v; want the back-off until %v kept", st, err, backoff)
+	}
+}
+
 func TestClaimSplitsStudiesBetweenReplicas(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)
