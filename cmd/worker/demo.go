@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
+	"regexp"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -24,6 +24,9 @@ const (
 	demoToken        = "demo-token"
 	demoSchemaPrefix = "taskflow_demo"
 )
+
+// demoSchema is what --schema may be: a plain identifier that needs no quoting.
+var demoSchema = regexp.MustCompile(`^` + demoSchemaPrefix + `[a-z0-9_]*$`)
 
 // demo runs the worker against the built-in Prolific simulator: four
 // scripted studies that over-allocate, screen out, stall and complete. It
@@ -42,8 +45,11 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 		return err
 	}
 	// The demo drops and recreates its schema: never one the worker may be using.
-	if !strings.HasPrefix(*schema, demoSchemaPrefix) {
-		return fmt.Errorf("%w: --schema must start with %s, since the demo drops and recreates it", errUsage, demoSchemaPrefix)
+	if !demoSchema.MatchString(*schema) {
+		return fmt.Errorf("%w: --schema must start with %s and go on with lower-case letters, digits or _, since the demo drops and recreates it", errUsage, demoSchemaPrefix)
+	}
+	if *step <= 0 || *stallAfter <= 0 || *duration < 0 {
+		return fmt.Errorf("%w: --step and --stall-after must be positive, and --duration not negative", errUsage)
 	}
 	cfg, err := config.Load(getenv, config.Need{Database: true})
 	if err != nil {

@@ -102,8 +102,16 @@ func TestDemoScenario(t *testing.T) {
 
 func TestDemoRefusesForeignSchemas(t *testing.T) {
 	t.Parallel()
-	_, err := runCmd(t, testEnv{"DATABASE_URL": "postgres://unused"}, "demo", "--schema", "public")
-	if !errors.Is(err, errUsage) {
-		t.Fatalf("demo --schema public = %v, want a usage error before anything is dropped", err)
+	for _, args := range [][]string{
+		{"--schema", "public"},                   // not the demo's
+		{"--schema", "taskflow_demo x"},          // not a plain identifier
+		{"--schema", `taskflow_demo"; select 1`}, // nor this
+		{"--step", "0s"},                         // the simulator needs a positive step
+		{"--stall-after", "-5s"},                 // and a positive threshold
+	} {
+		_, err := runCmd(t, testEnv{"DATABASE_URL": "postgres://unused"}, append([]string{"demo"}, args...)...)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("demo %v = %v, want a usage error before anything is dropped", args, err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -55,6 +56,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cmd := "serve"
 	if len(args) > 0 {
 		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve", "healthcheck", "version":
+		// These take no arguments: `serve --help` must not start a worker.
+		if len(args) > 0 {
+			if slices.Contains([]string{"-h", "-help", "--help", "help"}, args[0]) {
+				fmt.Fprint(stdout, usage)
+				return nil
+			}
+			return fmt.Errorf("%w: %s takes no arguments, got %q\n\n%s", errUsage, cmd, strings.Join(args, " "), usage)
+		}
 	}
 	switch cmd {
 	case "serve":
@@ -202,7 +214,15 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 func studiesAdd(ctx context.Context, cfg config.Config, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("studies add", flag.ContinueOnError)
 	channel := fs.String("channel", "", "Slack channel id that receives the alerts (C…)")
-	stallAfter := fs.Duration("stall-after", 0, "no-progress threshold for this watch (default STALL_AFTER)")
+	var stallAfter time.Duration
+	fs.Func("stall-after", "no-progress threshold for this watch, like 12h, 90m or 2d (default STALL_AFTER)", func(v string) error {
+		d, ok := textviz.ParseDuration(v)
+		if !ok {
+			return fmt.Errorf("not a duration like 12h, 90m or 2d: %q", v)
+		}
+		stallAfter = d
+		return nil
+	})
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -213,7 +233,7 @@ func studiesAdd(ctx context.Context, cfg config.Config, args []string, stdout io
 	if !channelID.MatchString(*channel) {
 		return fmt.Errorf("%w: studies add needs --channel with a Slack channel id (letters, digits, - or _; e.g. C0123456789)", errUsage)
 	}
-	if *stallAfter != 0 && (*stallAfter < rules.MinStallAfter || *stallAfter > rules.MaxStallAfter) {
+	if stallAfter != 0 && (stallAfter < rules.MinStallAfter || stallAfter > rules.MaxStallAfter) {
 		return fmt.Errorf("%w: --stall-after must be between %s and %s", errUsage,
 			textviz.Duration(rules.MinStallAfter), textviz.Duration(rules.MaxStallAfter))
 	}
@@ -239,7 +259,7 @@ func studiesAdd(ctx context.Context, cfg config.Config, args []string, stdout io
 	}
 	defer db.Close()
 	created, err := db.AddWatch(ctx, store.StudyInfo{ID: id, Name: study.Name, Status: study.Status},
-		store.Watch{ChannelID: *channel, AddedBy: "cli", StallAfter: *stallAfter}, time.Now())
+		store.Watch{ChannelID: *channel, AddedBy: "cli", StallAfter: stallAfter}, time.Now())
 	if err != nil {
 		return err
 	}

@@ -94,8 +94,10 @@ func TestStudiesCommands(t *testing.T) {
 		{"no channel", []string{"studies", "add", studyIdle}, "--channel", ""},
 		// A study URL works as well as an id and shows current progress.
 		{"add by URL", []string{"studies", "add", "https://app.prolific.com/researcher/workspaces/studies/" + studyIdle + "/submissions", "--channel", "C1", "--stall-after", "2h"}, "", "now watching study " + studyIdle},
-		// Adding again is idempotent.
-		{"add again", []string{"studies", "add", studyIdle, "--channel", "C1"}, "", "already watching"},
+		// Adding again is idempotent; --stall-after takes days as the slash command does.
+		{"add again", []string{"studies", "add", studyIdle, "--channel", "C1", "--stall-after", "2d"}, "", "already watching"},
+		// A threshold out of bounds is refused.
+		{"stall too long", []string{"studies", "add", studyIdle, "--channel", "C1", "--stall-after", "31d"}, "between 15m and 30d", ""},
 		// The list shows the study and that it was never polled yet.
 		{"list", []string{"studies", "list"}, "", "Idle study"},
 		// Removing a channel that does not watch says so.
@@ -204,6 +206,22 @@ func TestUnknownCommand(t *testing.T) {
 	}
 }
 
+// Commands without arguments refuse them, and `serve --help` shows the
+// usage instead of starting a worker (with no database configured, a
+// started one would fail instead).
+func TestCommandsWithoutArguments(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"serve", "--bogus"}, {"version", "x"}, {"healthcheck", "--port", "1"}} {
+		if _, err := runCmd(t, testEnv{}, args...); !errors.Is(err, errUsage) {
+			t.Errorf("%v = %v, want a usage error", args, err)
+		}
+	}
+	out, err := runCmd(t, testEnv{}, "serve", "--help")
+	if err != nil || !strings.Contains(out, "usage: worker") {
+		t.Errorf("serve --help = %q, %v; want the usage", out, err)
+	}
+}
+
 func TestWebhooksSubscribe(t *testing.T) {
 	t.Parallel()
 	fake := prolifictest.NewServer(t, testToken)
@@ -304,5 +322,14 @@ func TestMigrateCommands(t *testing.T) {
 	}
 	if _, err := runCmd(t, env, "migrate", "sideways"); !errors.Is(err, errUsage) {
 		t.Errorf("migrate sideways = %v, want a usage error", err)
+	}
+	// A version this build does not have is refused and changes nothing.
+	if _, err := runCmd(t, env, "migrate", "force", "99"); err == nil || !strings.Contains(err.Error(), "from 0 to 1") {
+		t.Errorf("migrate force 99 = %v, want it refused", err)
+	}
+	// Pool settings in the URL are understood by the migrator too.
+	pooled := testEnv{"DATABASE_URL": env["DATABASE_URL"] + "&pool_max_conns=2"}
+	if out, err := runCmd(t, pooled, "migrate", "version"); err != nil || !strings.Contains(out, "schema version 1 of 1") {
+		t.Errorf("migrate version with pool_max_conns = %q, %v; want version 1 of 1", out, err)
 	}
 }

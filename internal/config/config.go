@@ -184,9 +184,9 @@ func (r *reader) duration(name string, def, least, most time.Duration) time.Dura
 	if v == "" {
 		return def
 	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		r.fail(name, "must be a duration like 6h or 90m, got %q", v)
+	d, ok := textviz.ParseDuration(v)
+	if !ok {
+		r.fail(name, "must be a duration like 6h, 90m or 30d, got %q", v)
 		return def
 	}
 	if d < least || d > most {

@@ -24,6 +24,18 @@ func TestLoadDefaults(t *testing.T) {
 	}
 }
 
+// Durations are written as everywhere else in the worker: days included.
+func TestLoadReadsDays(t *testing.T) {
+	t.Parallel()
+	c, err := Load(env(map[string]string{"DATABASE_URL": "postgres://x", "STALL_AFTER": "30d", "RETENTION": "90d"}), Need{Database: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StallAfter != 30*24*time.Hour || c.Retention != 90*24*time.Hour {
+		t.Errorf("STALL_AFTER %v, RETENTION %v; want 720h and 2160h", c.StallAfter, c.Retention)
+	}
+}
+
 func TestLoadReportsEveryProblemByName(t *testing.T) {
 	t.Parallel()
 	_, err := Load(env(map[string]string{

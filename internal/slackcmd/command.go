@@ -8,7 +8,6 @@ package slackcmd
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -164,7 +163,7 @@ func ParseStallAfter(s string) (time.Duration, error) {
 	if raw == "" {
 		return 0, usageError("`stall=` needs a duration, like `stall=12h`, `stall=90m` or `stall=2d`.")
 	}
-	d, ok := parseDuration(raw)
+	d, ok := textviz.ParseDuration(raw)
 	if !ok {
 		return 0, usageError("I can't read %s as a duration; write it like `stall=12h`, `stall=90m` or `stall=2d`.", quote(s))
 	}
@@ -173,44 +172,6 @@ func ParseStallAfter(s string) (time.Duration, error) {
 			textviz.Duration(rules.MinStallAfter), textviz.Duration(rules.MaxStallAfter), quote(s))
 	}
 	return d, nil
-}
-
-// parseDuration reads hours, days or a Go duration. Values far outside
-// the allowed range are reported as such rather than overflowing.
-func parseDuration(raw string) (time.Duration, bool) {
-	const limit = 1000 * 24 // hours; anything above is out of range anyway
-	if hours, err := strconv.ParseFloat(raw, 64); err == nil && isPlainNumber(raw) {
-		if hours < 0 || hours > limit {
-			return time.Duration(limit+1) * time.Hour, true
-		}
-		return time.Duration(hours * float64(time.Hour)), true
-	}
-	var days time.Duration
-	if before, after, ok := strings.Cut(raw, "d"); ok {
-		n, err := strconv.ParseFloat(before, 64)
-		if err != nil || !isPlainNumber(before) {
-			return 0, false
-		}
-		if n > limit/24 {
-			return time.Duration(limit+1) * time.Hour, true
-		}
-		days = time.Duration(n * 24 * float64(time.Hour))
-		if after == "" {
-			return days, true
-		}
-		raw = after
-	}
-	if !isPlainDuration(raw) {
-		return 0, false
-	}
-	d, err := time.ParseDuration(raw)
-	if err != nil {
-		return 0, false
-	}
-	if d < 0 {
-		return d, true
-	}
-	return days + d, true
 }
 
 // isWord reports whether s is a non-empty run of ASCII letters.
@@ -224,29 +185,6 @@ func isWord(s string) bool {
 		}
 	}
 	return true
-}
-
-// isPlainNumber accepts digits with at most one decimal point, so that
-// strconv.ParseFloat's extras (signs, exponents, "inf", hex) are refused.
-func isPlainNumber(s string) bool {
-	if s == "" || s == "." {
-		return false
-	}
-	dots := 0
-	for _, r := range s {
-		switch {
-		case r == '.':
-			dots++
-		case r < '0' || r > '9':
-			return false
-		}
-	}
-	return dots <= 1
-}
-
-// isPlainDuration refuses signs, which time.ParseDuration would accept.
-func isPlainDuration(s string) bool {
-	return s != "" && !strings.ContainsAny(s, "+-")
 }
 
 // tokenize splits text on whitespace, keeping a Slack <link|label> in one

@@ -62,11 +62,11 @@ type Migrator struct {
 func NewMigrator(databaseURL string) *Migrator { return &Migrator{databaseURL: databaseURL} }
 
 func (m *Migrator) open() (*migrate.Migrate, func(), error) {
-	connConfig, err := pgx.ParseConfig(m.databaseURL)
+	cc, err := connConfig(m.databaseURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parsing DATABASE_URL: %w", err)
+		return nil, nil, err
 	}
-	db := stdlib.OpenDB(*connConfig)
+	db := stdlib.OpenDB(*cc)
 	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{})
 	if err != nil {
 		db.Close()
@@ -119,7 +119,12 @@ func (m *Migrator) Down() (SchemaStatus, error) {
 // Force marks version as applied and clean without running anything, for
 // an operator who has repaired a dirty schema by hand.
 func (m *Migrator) Force(version int) (SchemaStatus, error) {
-	return m.run(false, func(mig *migrate.Migrate, _ SchemaStatus) error {
+	return m.run(false, func(mig *migrate.Migrate, st SchemaStatus) error {
+		// A version this build does not have would make the schema look
+		// newer than the binary, and every command would then say so.
+		if version < 0 || uint(version) > st.Latest {
+			return fmt.Errorf("forcing version %d: this build's migrations go from 0 to %d", version, st.Latest)
+		}
 		if err := mig.Force(version); err != nil {
 			return fmt.Errorf("forcing version %d: %w", version, err)
 		}

@@ -6,6 +6,8 @@ package textviz
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -79,4 +81,72 @@ func Duration(d time.Duration) string {
 		fmt.Fprintf(&b, "%dm", minutes)
 	}
 	return b.String()
+}
+
+// ParseDuration reads a duration the way people type one and Duration
+// writes it: a Go duration ("90m", "1h30m"), optionally led by days
+// ("30d", "1d12h", "1.5d"), or a plain number of hours ("12", "1.5").
+// Letters may be upper case. Signs, exponents and anything else are not
+// durations. Values too large for a time.Duration come back as its
+// maximum, so that a range check reports them as too long.
+func ParseDuration(s string) (time.Duration, bool) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if isPlainNumber(s) {
+		return hours(s, 1)
+	}
+	var days time.Duration
+	if before, after, ok := strings.Cut(s, "d"); ok {
+		if !isPlainNumber(before) {
+			return 0, false
+		}
+		if days, ok = hours(before, 24); !ok || after == "" {
+			return days, ok
+		}
+		s = after
+	}
+	if s == "" || strings.ContainsAny(s, "+-") {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, false
+	}
+	if days > math.MaxInt64-d {
+		return math.MaxInt64, true
+	}
+	return days + d, true
+}
+
+// hours converts a plain number of units of factor hours, saturating.
+func hours(number string, factor float64) (time.Duration, bool) {
+	n, err := strconv.ParseFloat(number, 64)
+	if err != nil && !isRangeErr(err) {
+		return 0, false
+	}
+	if h := n * factor; h < float64(math.MaxInt64)/float64(time.Hour) {
+		return time.Duration(h * float64(time.Hour)), true
+	}
+	return math.MaxInt64, true
+}
+
+func isRangeErr(err error) bool {
+	numErr, ok := err.(*strconv.NumError)
+	return ok && numErr.Err == strconv.ErrRange
+}
+
+// isPlainNumber reports whether s is digits with at most one decimal point.
+func isPlainNumber(s string) bool {
+	if s == "" || s == "." {
+		return false
+	}
+	dots := 0
+	for _, r := range s {
+		switch {
+		case r == '.':
+			dots++
+		case r < '0' || r > '9':
+			return false
+		}
+	}
+	return dots <= 1
 }

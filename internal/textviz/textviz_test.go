@@ -1,6 +1,7 @@
 package textviz
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -80,6 +81,43 @@ func TestDuration(t *testing.T) {
 	for _, tt := range tests {
 		if got := Duration(tt.d); got != tt.want {
 			t.Errorf("Duration(%v) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"90m", 90 * time.Minute, true},                // a Go duration
+		{"1h30m", 90 * time.Minute, true},              // several units
+		{"30d", 30 * 24 * time.Hour, true},             // days alone
+		{"1d12h", 36 * time.Hour, true},                // days, then a Go duration
+		{"1.5d", 36 * time.Hour, true},                 // fractional days
+		{"12", 12 * time.Hour, true},                   // a plain number is hours
+		{" 6H ", 6 * time.Hour, true},                  // case and spaces do not matter
+		{"99999999999999999999d", math.MaxInt64, true}, // too large saturates, so a range check rejects it
+		{"-2h", 0, false},                              // no signs
+		{"+2h", 0, false},                              // no signs
+		{"1e3", 0, false},                              // no exponents
+		{"d", 0, false},                                // days need a number
+		{"1d-1h", 0, false},                            // no signs after the days either
+		{"soon", 0, false},                             // not a duration
+		{"", 0, false},                                 // empty
+	}
+	for _, tt := range tests {
+		got, ok := ParseDuration(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+	// What Duration writes reads back.
+	for _, d := range []time.Duration{40 * time.Second, 45 * time.Minute, 2*time.Hour + 5*time.Minute, 36 * time.Hour, 25*time.Hour + 5*time.Minute} {
+		if got, ok := ParseDuration(Duration(d)); !ok || got != d {
+			t.Errorf("ParseDuration(Duration(%v)) = %v, %v", d, got, ok)
 		}
 	}
 }
