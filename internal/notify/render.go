@@ -126,7 +126,11 @@ func RenderResolvedOriginal(firing, resolved Alert) Rendered {
 		fields = append(fields, field{"When fired", countsSummary(*c)})
 	}
 	if c := resolved.Transition.Counts; c != nil {
-		fields = append(fields, field{"At resolution", countsSummary(*c)})
+		label := "At resolution"
+		if resolved.Transition.Cause == rules.CauseURLRemoved {
+			label = "Last seen"
+		}
+		fields = append(fields, field{label, countsSummary(*c)})
 	}
 	if lasted != "" {
 		fields = append(fields, field{"Lasted", lasted})
@@ -311,17 +315,20 @@ func describeResolved(c content, t rules.Transition, name, where, dur string) co
 	switch t.Rule {
 	case rules.Stalled:
 		what = name + " is no longer stalled"
-		detail = "Allocation is moving again"
+		detail = stallEnded(t.Cause)
 	case rules.PollFailing:
 		what = "polling " + name + " works again"
 		detail = "Polling Prolific works again"
 	default:
 		what = lowerFirst(c.title) + " " + where
 		detail = "Cleared"
+		if t.Cause == rules.CauseURLRemoved {
+			detail = "The URL left the study"
+		}
 		if n := t.Counts; n != nil {
-			now := fmt.Sprintf("now %d allocated of %d (capacity %d)", n.Allocated, n.TotalAllocation, n.Capacity())
-			what += ": " + now
-			detail += ": " + now
+			numbers := countsAtResolution(t) + " " + countsSummary(*n)
+			what += ": " + numbers
+			detail += ": " + numbers
 		}
 	}
 	c.sentence = "✅ Resolved: " + what
@@ -337,6 +344,34 @@ func describeResolved(c content, t rules.Transition, name, where, dur string) co
 	c.detail += "."
 	c.fields = urlFields(t.Counts, "Lasted", dur)
 	return c
+}
+
+// stallEnded words why a stalled alert ended. Transitions stored before
+// causes existed carry none and get the plain statement.
+func stallEnded(cause rules.Cause) string {
+	switch cause {
+	case rules.CauseMoved:
+		return "Allocation is moving again"
+	case rules.CauseInactive:
+		return "The study is no longer active"
+	case rules.CauseFull:
+		return "Every URL is full"
+	case rules.CauseReactivated:
+		return "The study is active again, so the stall clock restarted"
+	case rules.CauseBelowThreshold:
+		return "Allocation has been unchanged for less than the stall threshold now set"
+	default:
+		return "No longer stalled"
+	}
+}
+
+// countsAtResolution says whether a resolved transition's counts are
+// current or, for a URL that left the study, the last ones seen.
+func countsAtResolution(t rules.Transition) string {
+	if t.Cause == rules.CauseURLRemoved {
+		return "last seen"
+	}
+	return "now"
 }
 
 // urlFields lays out a URL's numbers, plus a duration field when label and

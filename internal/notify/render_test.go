@@ -111,8 +111,14 @@ func TestRender(t *testing.T) {
 	within.Transition.WithinCapacity = true
 	increase := urlAlert(rules.CapacityIncrease, rules.Event, googleCounts(), 0)
 	increase.Transition.PreviousCapacityIncrements = 2
-	stalledResolved := studyAlert(rules.Stalled, rules.Resolved, 7*time.Hour)
-	stalledResolved.Transition.Reason = "allocation moved again"
+	stalledResolved := func(cause rules.Cause, reason string) Alert {
+		a := studyAlert(rules.Stalled, rules.Resolved, 7*time.Hour)
+		a.Transition.Cause, a.Transition.Reason = cause, reason
+		return a
+	}
+	urlGone := urlAlert(rules.OverAllocation, rules.Resolved, &rules.URLCounts{TotalAllocation: 10, Allocated: 14, CapacityIncrements: 2}, time.Hour)
+	urlGone.Transition.Cause = rules.CauseURLRemoved
+	urlGone.Transition.Reason = "the URL is no longer in the study's progress"
 	failing := studyAlert(rules.PollFailing, rules.Firing, 15*time.Minute)
 	failing.Transition.Failures = 3
 	failing.Transition.Reason = "prolific: 503 Service Unavailable"
@@ -180,11 +186,50 @@ func TestRender(t *testing.T) {
 			wantBlocks: []string{"No allocation change for 6h10m"},
 		},
 		{
-			// Stalled resolved says how long it stalled and why it cleared.
-			name:       "stalled resolved",
-			alert:      stalledResolved,
-			wantText:   []string{"✅ Resolved: “Study about API's” is no longer stalled, lasted 7h — allocation moved again."},
-			wantBlocks: []string{"Allocation is moving again, lasted 7h.", "*Reason:* allocation moved again"},
+			// A URL that left the study resolves with the numbers last seen, not as if they were current.
+			name:       "URL left the study",
+			alert:      urlGone,
+			wantText:   []string{"✅ Resolved: over allocation on https://google.com in “Study about API's”: last seen 14 allocated of 10 (capacity 12), lasted 1h — the URL is no longer in the study's progress."},
+			wantBlocks: []string{"The URL left the study: last seen 14 allocated of 10 (capacity 12), lasted 1h."},
+			wantBar:    true,
+		},
+		{
+			// Stalled resolved by movement says how long it stalled and why it cleared.
+			name:       "stalled resolved by movement",
+			alert:      stalledResolved(rules.CauseMoved, "allocation moved after stalling for 7h"),
+			wantText:   []string{"✅ Resolved: “Study about API's” is no longer stalled, lasted 7h — allocation moved after stalling for 7h."},
+			wantBlocks: []string{"Allocation is moving again, lasted 7h.", "*Reason:* allocation moved after stalling for 7h"},
+		},
+		{
+			// A paused study is not said to be moving again.
+			name:       "stalled resolved by pausing",
+			alert:      stalledResolved(rules.CauseInactive, "the study is no longer ACTIVE (status PAUSED)"),
+			wantText:   []string{"is no longer stalled, lasted 7h — the study is no longer ACTIVE (status PAUSED)."},
+			wantBlocks: []string{"The study is no longer active, lasted 7h."},
+		},
+		{
+			// Nothing left to allocate.
+			name:       "stalled resolved by filling up",
+			alert:      stalledResolved(rules.CauseFull, "every URL is full"),
+			wantBlocks: []string{"Every URL is full, lasted 7h."},
+		},
+		{
+			// The study came back to ACTIVE: the clock restarted.
+			name:       "stalled resolved by reactivation",
+			alert:      stalledResolved(rules.CauseReactivated, "the study became ACTIVE again after being PAUSED"),
+			wantBlocks: []string{"The study is active again, so the stall clock restarted, lasted 7h."},
+		},
+		{
+			// A watch raised the threshold past the time without change.
+			name:       "stalled resolved by a longer threshold",
+			alert:      stalledResolved(rules.CauseBelowThreshold, "allocation has been unchanged for 7h, less than the stall threshold of 12h"),
+			wantBlocks: []string{"Allocation has been unchanged for less than the stall threshold now set, lasted 7h."},
+		},
+		{
+			// A resolution stored before causes existed gets the plain statement.
+			name:       "stalled resolved without a cause",
+			alert:      stalledResolved(rules.CauseCleared, "allocation moved again"),
+			wantBlocks: []string{"No longer stalled, lasted 7h."},
 		},
 		{
 			// Poll failures give the count and the last error.
@@ -379,6 +424,13 @@ func TestRenderResolvedOriginal(t *testing.T) {
 		}
 	}
 	checkLimits(t, r)
+
+	// A URL that left the study shows its last counts as such.
+	resolved.Transition.Cause = rules.CauseURLRemoved
+	blocks = blocksJSON(t, RenderResolvedOriginal(firing, resolved).Blocks)
+	if want := "*Last seen*\\n12 allocated of 20 (capacity 23)"; !strings.Contains(blocks, want) {
+		t.Errorf("blocks do not contain %q:\n%s", want, blocks)
+	}
 }
 
 func TestMetadata(t *testing.T) {

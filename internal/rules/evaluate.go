@@ -188,7 +188,7 @@ func (e *evaluation) observe(next *StudyState, prev StudyState, poll Poll, setti
 		if _, present := after[a.ExternalURL]; present {
 			continue
 		}
-		t := Transition{Rule: a.Rule, ExternalURL: a.ExternalURL, Reason: "the URL is no longer in the study's progress"}
+		t := Transition{Rule: a.Rule, ExternalURL: a.ExternalURL, Cause: CauseURLRemoved, Reason: "the URL is no longer in the study's progress"}
 		if last, ok := before[a.ExternalURL]; ok {
 			t.Counts = &last
 		}
@@ -277,20 +277,25 @@ func (e *evaluation) stalled(next StudyState, prevStatus string, urls []URLCount
 			Reason: fmt.Sprintf("no allocation change for %s while the study is ACTIVE", textviz.Duration(unchanged)),
 		})
 	case !stalled && open:
-		var reason string
+		t := Transition{Rule: Stalled}
 		switch {
 		case moved:
-			reason = fmt.Sprintf("allocation moved after stalling for %s", textviz.Duration(e.now.Sub(a.Since)))
+			t.Cause = CauseMoved
+			t.Reason = fmt.Sprintf("allocation moved after stalling for %s", textviz.Duration(e.now.Sub(a.Since)))
 		case !active:
-			reason = fmt.Sprintf("the study is no longer ACTIVE (status %s)", cmp.Or(next.Status, "unknown"))
+			t.Cause = CauseInactive
+			t.Reason = fmt.Sprintf("the study is no longer ACTIVE (status %s)", cmp.Or(next.Status, "unknown"))
 		case !room:
-			reason = "every URL is full"
+			t.Cause = CauseFull
+			t.Reason = "every URL is full"
 		case reactivated:
-			reason = fmt.Sprintf("the study became ACTIVE again after being %s", prevStatus)
+			t.Cause = CauseReactivated
+			t.Reason = fmt.Sprintf("the study became ACTIVE again after being %s", prevStatus)
 		default:
-			reason = fmt.Sprintf("allocation has been unchanged for %s, less than the stall threshold of %s", textviz.Duration(unchanged), textviz.Duration(settings.StallAfter))
+			t.Cause = CauseBelowThreshold
+			t.Reason = fmt.Sprintf("allocation has been unchanged for %s, less than the stall threshold of %s", textviz.Duration(unchanged), textviz.Duration(settings.StallAfter))
 		}
-		e.resolve(Transition{Rule: Stalled, Reason: reason})
+		e.resolve(t)
 	}
 }
 

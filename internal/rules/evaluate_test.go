@@ -136,10 +136,15 @@ func wantStallSince(d time.Duration) func(*testing.T, StudyState, []Transition) 
 }
 
 func wantReason(i int, reason string) func(*testing.T, StudyState, []Transition) {
+	return wantCause(i, CauseCleared, reason)
+}
+
+// wantCause checks a transition's typed cause along with its reason.
+func wantCause(i int, cause Cause, reason string) func(*testing.T, StudyState, []Transition) {
 	return func(t *testing.T, _ StudyState, got []Transition) {
 		t.Helper()
-		if got[i].Reason != reason {
-			t.Fatalf("transition %d reason = %q, want %q", i, got[i].Reason, reason)
+		if got[i].Cause != cause || got[i].Reason != reason {
+			t.Fatalf("transition %d cause, reason = %q, %q; want %q, %q", i, got[i].Cause, got[i].Reason, cause, reason)
 		}
 	}
 }
@@ -272,8 +277,8 @@ func TestEvaluateSequences(t *testing.T) {
 				{after: 0, poll: active(counts(a, 10, 5, 0), counts(b, 10, 14, 2)), want: []string{"firing over_capacity " + b, "firing over_allocation " + b}},
 				{after: time.Hour, poll: active(counts(a, 10, 5, 0)), want: []string{"resolved over_capacity " + b, "resolved over_allocation " + b},
 					wantTransitions: []Transition{
-						{Rule: OverCapacity, ExternalURL: b, State: Resolved, At: at(time.Hour), Since: at(0), Counts: ptr(counts(b, 10, 14, 2)), Reason: "the URL is no longer in the study's progress"},
-						{Rule: OverAllocation, ExternalURL: b, State: Resolved, At: at(time.Hour), Since: at(0), Counts: ptr(counts(b, 10, 14, 2)), Reason: "the URL is no longer in the study's progress"},
+						{Rule: OverCapacity, ExternalURL: b, State: Resolved, At: at(time.Hour), Since: at(0), Counts: ptr(counts(b, 10, 14, 2)), Cause: CauseURLRemoved, Reason: "the URL is no longer in the study's progress"},
+						{Rule: OverAllocation, ExternalURL: b, State: Resolved, At: at(time.Hour), Since: at(0), Counts: ptr(counts(b, 10, 14, 2)), Cause: CauseURLRemoved, Reason: "the URL is no longer in the study's progress"},
 					},
 					check: wantStallSince(time.Hour)},
 			},
@@ -369,7 +374,7 @@ func TestEvaluateSequences(t *testing.T) {
 				{after: 0, poll: active(counts(a, 10, 5, 0)), want: nil},
 				{after: 6 * time.Hour, poll: active(counts(a, 10, 5, 0)), want: []string{"firing stalled"}},
 				{after: 7*time.Hour + 30*time.Minute, poll: active(counts(a, 10, 6, 0)), want: []string{"resolved stalled"},
-					wantTransitions: []Transition{{Rule: Stalled, State: Resolved, At: at(7*time.Hour + 30*time.Minute), Since: at(0), Reason: "allocation moved after stalling for 7h30m"}},
+					wantTransitions: []Transition{{Rule: Stalled, State: Resolved, At: at(7*time.Hour + 30*time.Minute), Since: at(0), Cause: CauseMoved, Reason: "allocation moved after stalling for 7h30m"}},
 					check:           wantStallSince(7*time.Hour + 30*time.Minute)},
 			},
 		},
@@ -380,7 +385,19 @@ func TestEvaluateSequences(t *testing.T) {
 				{after: 0, poll: active(counts(a, 10, 5, 0)), want: nil},
 				{after: 6 * time.Hour, poll: active(counts(a, 10, 5, 0)), want: []string{"firing stalled"}},
 				{after: 7 * time.Hour, poll: observed("PAUSED", counts(a, 10, 5, 0)), want: []string{"resolved stalled"},
-					check: wantReason(0, "the study is no longer ACTIVE (status PAUSED)")},
+					check: wantCause(0, CauseInactive, "the study is no longer ACTIVE (status PAUSED)")},
+			},
+		},
+		{
+			// A stalled study seen PAUSED only by a failed poll keeps its alert; seen ACTIVE
+			// again, its stall clock restarts, so the alert resolves as reactivated.
+			name: "stalled resolves when the study becomes active again",
+			steps: []step{
+				{after: 0, poll: active(counts(a, 10, 5, 0)), want: nil},
+				{after: 6 * time.Hour, poll: active(counts(a, 10, 5, 0)), want: []string{"firing stalled"}},
+				{after: 7 * time.Hour, poll: Poll{Failure: FailureTransient, Error: "HTTP 502", Status: "PAUSED"}, want: nil},
+				{after: 8 * time.Hour, poll: active(counts(a, 10, 5, 0)), want: []string{"resolved stalled"},
+					check: wantCause(0, CauseReactivated, "the study became ACTIVE again after being PAUSED")},
 			},
 		},
 		{
@@ -390,7 +407,7 @@ func TestEvaluateSequences(t *testing.T) {
 				{after: 0, poll: active(counts(a, 10, 10, 2)), want: nil},
 				{after: 6 * time.Hour, poll: active(counts(a, 10, 10, 2)), want: []string{"firing stalled"}},
 				{after: 7 * time.Hour, poll: active(counts(a, 10, 10, 0)), want: []string{"resolved stalled"},
-					check: wantReason(0, "every URL is full")},
+					check: wantCause(0, CauseFull, "every URL is full")},
 			},
 		},
 		{
@@ -562,7 +579,7 @@ func TestEvaluateStalledResolvesWhenThresholdGrows(t *testing.T) {
 	})
 	runSequence(t, Settings{StallAfter: 12 * time.Hour}, state, []step{
 		{after: 7 * time.Hour, poll: observed(StatusActive, counts(a, 10, 5, 0)), want: []string{"resolved stalled"},
-			check: wantReason(0, "allocation has been unchanged for 7h, less than the stall threshold of 12h")},
+			check: wantCause(0, CauseBelowThreshold, "allocation has been unchanged for 7h, less than the stall threshold of 12h")},
 	})
 }
 

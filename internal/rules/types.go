@@ -36,6 +36,32 @@ const (
 	Event    TransitionState = "event"
 )
 
+// Cause says why an alert resolved, so that a message can word the
+// resolution right without parsing Reason. It is stored with the transition
+// in the outbox; transitions stored before it existed read as CauseCleared.
+type Cause string
+
+// Resolution causes.
+const (
+	// CauseCleared: the condition no longer holds.
+	CauseCleared Cause = ""
+	// CauseURLRemoved: the URL left the study's progress list; the
+	// transition's Counts are the last ones seen, not current ones.
+	CauseURLRemoved Cause = "url_removed"
+	// CauseMoved: Stalled ended because allocation moved.
+	CauseMoved Cause = "moved"
+	// CauseInactive: Stalled ended because the study left ACTIVE.
+	CauseInactive Cause = "inactive"
+	// CauseFull: Stalled ended because every URL is full.
+	CauseFull Cause = "full"
+	// CauseReactivated: Stalled ended because the study became ACTIVE again,
+	// which restarts the stall clock.
+	CauseReactivated Cause = "reactivated"
+	// CauseBelowThreshold: Stalled ended because the stall threshold now
+	// exceeds how long allocation has been unchanged (a watch raised it).
+	CauseBelowThreshold Cause = "below_threshold"
+)
+
 // StatusActive is the Prolific study status in which recruitment runs. Other
 // statuses are kept as data; only ACTIVE gates the stalled rule.
 const StatusActive = "ACTIVE"
@@ -141,4 +167,6 @@ type Transition struct {
 	Failures int `json:"failures,omitempty"`
 	// Reason explains the transition in words (the poll error, why an alert resolved).
 	Reason string `json:"reason,omitempty"`
+	// Cause says why a resolved alert resolved (CauseCleared otherwise).
+	Cause Cause `json:"cause,omitempty"`
 }
