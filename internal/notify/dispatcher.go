@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/replica"
@@ -59,7 +60,7 @@ type DispatcherConfig struct {
 	// Lease is how long a claim holds a message against other replicas; it
 	// must exceed a send's timeout.
 	Lease time.Duration
-	// Batch is how many channels one round serves at once.
+	// Batch is how many sends are in flight at once, each to a different channel.
 	Batch int
 	// MaxAttempts and MaxAge bound retries of one message: it is given up
 	// once both are exceeded, so that a Slack outage of hours loses nothing
@@ -89,8 +90,8 @@ type Dispatcher struct {
 	kick   chan struct{}
 
 	// claimFailing is set while claims fail, so an outage is logged once
-	// rather than every Interval. Only the Start loop touches it.
-	claimFailing bool
+	// rather than every Interval.
+	claimFailing atomic.Bool
 }
 
 // NewDispatcher returns a Dispatcher sending through sender.
@@ -122,16 +123,37 @@ func (d *Dispatcher) Trigger() {
 }
 
 // Start delivers until ctx is done, checking the outbox every Interval and
-// whenever triggered. A send in flight when ctx ends is allowed to finish,
-// so that a delivered message is also recorded as delivered.
+// whenever triggered. Up to Batch channels are served at once, each send on
+// its own: a slot freed by a finished send is refilled at once, so a channel
+// whose send hangs until its timeout holds up only itself. A send in flight
+// when ctx ends is allowed to finish, so that a delivered message is also
+// recorded as delivered; Start returns after it.
 func (d *Dispatcher) Start(ctx context.Context) error {
+	var inFlight sync.WaitGroup
+	defer inFlight.Wait()
+	// done receives one token per finished send; it never blocks, since at
+	// most Batch sends are in flight.
+	done := make(chan struct{}, d.cfg.Batch)
+	free := d.cfg.Batch
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		// After a round that sent, a channel's next message is due one Pace
-		// later: look again then rather than at the next Interval.
+		if free > 0 {
+			for _, m := range d.claim(ctx, free) {
+				free--
+				inFlight.Go(func() {
+					// A claimed message is finished even during shutdown: the
+					// send is bounded by the sender's timeout.
+					d.deliver(context.WithoutCancel(ctx), m)
+					done <- struct{}{}
+				})
+			}
+		}
+		// While sends are in flight, a channel's next message is due one
+		// Pace after its last claim: look again then rather than at the
+		// next Interval.
 		wait := d.cfg.Interval
-		if d.RunOnce(ctx) > 0 {
+		if free < d.cfg.Batch {
 			wait = d.cfg.Pace
 		}
 		timer.Reset(wait)
@@ -140,49 +162,60 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-d.kick:
+		case <-done:
+			free++
+		}
+		for drained := false; !drained; {
+			select {
+			case <-done:
+				free++
+			default:
+				drained = true
+			}
 		}
 	}
 }
 
-// RunOnce delivers what is due now and returns how many messages were sent.
-// Each claimed message belongs to a different channel, so they go out in
-// parallel; a channel's next message waits for its pacing.
+// RunOnce delivers what is due now, waiting for every send, and returns how
+// many messages were sent. Each claimed message belongs to a different
+// channel, so they go out in parallel; a channel's next message waits for
+// its pacing. Start serves the outbox continuously instead; RunOnce is one
+// synchronous pass, for tests and tools.
 func (d *Dispatcher) RunOnce(ctx context.Context) int {
-	sent := 0
+	var sent atomic.Int64
 	for ctx.Err() == nil {
-		msgs, err := d.store.ClaimOutbox(ctx, d.cfg.Owner, d.cfg.Now(), d.cfg.Lease, d.cfg.Pace, d.cfg.Batch)
-		if err != nil {
-			if ctx.Err() == nil && !d.claimFailing {
-				d.log.Warn("claiming outbox failed; retrying every interval until the database answers", slog.Any("error", err))
-			}
-			d.claimFailing = true
-			return sent
-		}
-		if d.claimFailing {
-			d.log.Info("claiming outbox works again")
-			d.claimFailing = false
-		}
+		msgs := d.claim(ctx, d.cfg.Batch)
 		if len(msgs) == 0 {
-			return sent
+			break
 		}
-		var (
-			wg sync.WaitGroup
-			mu sync.Mutex
-		)
+		var wg sync.WaitGroup
 		for _, m := range msgs {
 			wg.Go(func() {
-				// A claimed message is finished even during shutdown: the
-				// send is bounded by the sender's timeout.
 				if d.deliver(context.WithoutCancel(ctx), m) {
-					mu.Lock()
-					sent++
-					mu.Unlock()
+					sent.Add(1)
 				}
 			})
 		}
 		wg.Wait()
 	}
-	return sent
+	return int(sent.Load())
+}
+
+// claim leases the due head messages of up to limit channels. A failing
+// claim returns none and is logged once until claims work again.
+func (d *Dispatcher) claim(ctx context.Context, limit int) []store.OutboxMessage {
+	msgs, err := d.store.ClaimOutbox(ctx, d.cfg.Owner, d.cfg.Now(), d.cfg.Lease, d.cfg.Pace, limit)
+	if err != nil {
+		if ctx.Err() == nil && !d.claimFailing.Load() {
+			d.log.Warn("claiming outbox failed; retrying every interval until the database answers", slog.Any("error", err))
+		}
+		d.claimFailing.Store(true)
+		return nil
+	}
+	if d.claimFailing.Swap(false) {
+		d.log.Info("claiming outbox works again")
+	}
+	return msgs
 }
 
 // deliver sends one message and records the outcome. It reports whether it was sent.

@@ -3,6 +3,7 @@ package notify_test
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -302,5 +303,48 @@ func TestReplicasNeverSendTwice(t *testing.T) {
 			t.Errorf("duplicate %s", key)
 		}
 		seen[key] = true
+	}
+}
+
+func TestDispatcherHungChannelHoldsUpOnlyItself(t *testing.T) {
+	t.Parallel()
+	b := setupDispatch(t, "C1", "C2")
+	// C1's every request hangs until the fake closes; the sender's timeout
+	// is far beyond the test, so only C1's own slot is held.
+	b.slack.FailNext("C1", slackfake.Fault{Hang: true}, 0)
+	d := notify.NewDispatcher(notify.DispatcherConfig{Owner: "w1", Pace: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)},
+		b.store, notify.NewBotSender(b.slack.Token(), b.slack.URL(), &http.Client{Timeout: 10 * time.Minute}))
+	at := time.Now().Add(-time.Second)
+	stalled := rules.Transition{Rule: rules.Stalled, State: rules.Firing, At: at, Since: at.Add(-7 * time.Hour)}
+	b.queue(t, at, stalled)
+	capacity := rules.Transition{Rule: rules.CapacityIncrease, ExternalURL: "https://a.example", State: rules.Event, At: at, Since: at,
+		Counts: &rules.URLCounts{ExternalURL: "https://a.example", TotalAllocation: 10, Allocated: 5, CapacityIncrements: 2}}
+	b.queue(t, at, capacity)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.Start(ctx) }()
+
+	// Both of C2's messages go out, paced, while C1's first send still hangs.
+	wait, cancelWait := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelWait()
+	msgs, err := b.slack.WaitMessages(wait, 2)
+	if err != nil {
+		t.Fatalf("C2's messages did not go out while C1 hung: %v (%d delivered)", err, len(b.slack.Messages()))
+	}
+	for _, m := range msgs {
+		if m.Channel != "C2" {
+			t.Errorf("message delivered to %s, want only C2: %+v", m.Channel, m)
+		}
+	}
+	if got := []any{msgs[0].Metadata.EventPayload["rule"], msgs[1].Metadata.EventPayload["rule"]}; got[0] != "stalled" || got[1] != "capacity_increase" {
+		t.Errorf("C2 heard %v, want its messages in order", got)
+	}
+
+	// Shutdown waits for the hung send; closing the fake ends it.
+	cancel()
+	b.slack.Close()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
 	}
 }
