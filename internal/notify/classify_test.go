@@ -76,9 +76,10 @@ func TestClassifySlackErrors(t *testing.T) {
 			want: Verdict{Reason: "invalid_auth"},
 		},
 		{
-			// The rendering broke a Block Kit rule.
-			name: "invalid_blocks", fault: slackfake.Fault{SlackError: "invalid_blocks"},
-			want: Verdict{Reason: "invalid_blocks"},
+			// The text is too long: the same request cannot succeed later.
+			// (invalid_blocks is answered by a text-only post; see sender_test.go.)
+			name: "msg_too_long", fault: slackfake.Fault{SlackError: "msg_too_long"},
+			want: Verdict{Reason: "msg_too_long"},
 		},
 		{
 			// A code this version has never seen stops, recorded under its name.

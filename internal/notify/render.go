@@ -44,18 +44,18 @@ const MetadataEventType = "taskflow_alert"
 // even when a study name, URL or error text is absurdly long.
 const (
 	maxBlocks        = 50
-	maxHeaderRunes   = 150
-	maxSectionRunes  = 3000
-	maxFieldRunes    = 2000
+	maxHeaderChars   = 150
+	maxSectionChars  = 3000
+	maxFieldChars    = 2000
 	maxFields        = 10
 	maxContextItems  = 10
-	maxNameRunes     = 150
-	maxURLLabelRunes = 120
-	maxURLTextRunes  = 200
-	maxLinkRunes     = 1000
-	maxReasonRunes   = 500
-	maxIDRunes       = 64
-	maxStruckRunes   = 2000
+	maxNameChars     = 150
+	maxURLLabelChars = 120
+	maxURLTextChars  = 200
+	maxLinkChars     = 1000
+	maxReasonChars   = 500
+	maxIDChars       = 64
+	maxStruckChars   = 2000
 	progressBarWidth = 20
 )
 
@@ -110,7 +110,7 @@ func RenderResolvedOriginal(firing, resolved Alert) Rendered {
 	text += " — was: " + stripEmoji(fc.sentence, fc.emoji)
 
 	var body strings.Builder
-	struck := truncate(strings.ReplaceAll(stripEmoji(fc.sentence, fc.emoji), "~", ""), maxStruckRunes)
+	struck := textviz.Truncate(strings.ReplaceAll(stripEmoji(fc.sentence, fc.emoji), "~", ""), maxStruckChars)
 	body.WriteString("~" + struck + "~\n")
 	body.WriteString("✅ Resolved")
 	if lasted != "" {
@@ -206,10 +206,10 @@ type content struct {
 // may hold rows written by a newer version.
 func describe(a Alert, esc func(string) string) content {
 	t := a.Transition
-	name := "“" + esc(truncate(displayName(a), maxNameRunes)) + "”"
+	name := "“" + esc(textviz.Truncate(displayName(a), maxNameChars)) + "”"
 	where := "in " + name
 	if u := clean(t.ExternalURL); u != "" && !isStudyRule(t.Rule) {
-		where = "on " + esc(truncate(u, maxURLTextRunes)) + " in " + name
+		where = "on " + esc(textviz.Truncate(u, maxURLTextChars)) + " in " + name
 	}
 	dur := ""
 	if !t.Since.IsZero() {
@@ -217,7 +217,7 @@ func describe(a Alert, esc func(string) string) content {
 	}
 	reason := ""
 	if r := clean(t.Reason); r != "" {
-		reason = esc(truncate(r, maxReasonRunes))
+		reason = esc(textviz.Truncate(r, maxReasonChars))
 	}
 
 	c := content{title: ruleTitle(t.Rule), reason: reason}
@@ -414,7 +414,7 @@ func ruleTitle(r rules.Rule) string {
 	if s == "" {
 		return "Alert"
 	}
-	return capitalize(truncate(s, 40))
+	return capitalize(textviz.Truncate(s, 40))
 }
 
 // displayName is the study's name, or its id when the name is unknown.
@@ -431,13 +431,13 @@ func displayName(a Alert) string {
 // identityText is the mrkdwn that says which study (linked to Prolific) and,
 // for URL rules, which external URL.
 func identityText(a Alert) string {
-	name := escapeMrkdwn(truncate(displayName(a), maxNameRunes))
+	name := escapeMrkdwn(textviz.Truncate(displayName(a), maxNameChars))
 	s := "*" + name + "*"
-	if id := clean(a.StudyID); id != "" && utf8.RuneCountInString(id) <= maxIDRunes {
+	if id := clean(a.StudyID); id != "" && textviz.Len(id) <= maxIDChars {
 		s = "*" + link(studyURL(id), name) + "*"
 	}
 	if u := clean(a.Transition.ExternalURL); u != "" && !isStudyRule(a.Transition.Rule) {
-		s += "\nExternal URL: " + link(u, escapeMrkdwn(truncate(u, maxURLLabelRunes)))
+		s += "\nExternal URL: " + link(u, escapeMrkdwn(textviz.Truncate(u, maxURLLabelChars)))
 	}
 	return s
 }
@@ -452,7 +452,7 @@ func link(target, label string) string {
 	}
 	t := escapeMrkdwn(target)
 	t = strings.NewReplacer("|", "%7C", " ", "%20").Replace(t)
-	if utf8.RuneCountInString(t) > maxLinkRunes {
+	if textviz.Len(t) > maxLinkChars {
 		return label
 	}
 	return "<" + t + "|" + label + ">"
@@ -473,12 +473,12 @@ func progressText(n *rules.URLCounts) string {
 
 // headerBlock is a plain-text header clipped to Slack's limit.
 func headerBlock(text string) slack.Block {
-	return slack.NewHeaderBlock(slack.NewTextBlockObject(slack.PlainTextType, truncate(clean(text), maxHeaderRunes), true, false))
+	return slack.NewHeaderBlock(slack.NewTextBlockObject(slack.PlainTextType, textviz.Truncate(clean(text), maxHeaderChars), true, false))
 }
 
 // sectionBlock is a mrkdwn section clipped to Slack's limit.
 func sectionBlock(text string) slack.Block {
-	return slack.NewSectionBlock(slack.NewTextBlockObject(slack.MarkdownType, truncate(text, maxSectionRunes), false, false), nil, nil)
+	return slack.NewSectionBlock(slack.NewTextBlockObject(slack.MarkdownType, textviz.Truncate(text, maxSectionChars), false, false), nil, nil)
 }
 
 // fieldsBlock lays out fields two to a row, or returns nil without any.
@@ -489,7 +489,7 @@ func fieldsBlock(fs []field) slack.Block {
 	fs = fs[:min(len(fs), maxFields)]
 	objs := make([]*slack.TextBlockObject, 0, len(fs))
 	for _, f := range fs {
-		text := truncate("*"+f.label+"*\n"+f.value, maxFieldRunes)
+		text := textviz.Truncate("*"+f.label+"*\n"+f.value, maxFieldChars)
 		objs = append(objs, slack.NewTextBlockObject(slack.MarkdownType, text, false, false))
 	}
 	return slack.NewSectionBlock(nil, objs, nil)
@@ -497,11 +497,11 @@ func fieldsBlock(fs []field) slack.Block {
 
 // contextBlock names the study id, the rule and the state, and when it happened.
 func contextBlock(a Alert, state string, at time.Time) slack.Block {
-	id := strings.ReplaceAll(escapeMrkdwn(truncate(clean(a.StudyID), maxIDRunes)), "`", "")
+	id := strings.ReplaceAll(escapeMrkdwn(textviz.Truncate(clean(a.StudyID), maxIDChars)), "`", "")
 	items := []string{
 		"Study `" + cmp.Or(id, "unknown") + "`",
-		"Rule `" + strings.ReplaceAll(escapeMrkdwn(truncate(clean(string(a.Transition.Rule)), maxIDRunes)), "`", "") + "`",
-		escapeMrkdwn(truncate(clean(state), maxIDRunes)),
+		"Rule `" + strings.ReplaceAll(escapeMrkdwn(textviz.Truncate(clean(string(a.Transition.Rule)), maxIDChars)), "`", "") + "`",
+		escapeMrkdwn(textviz.Truncate(clean(state), maxIDChars)),
 	}
 	if !at.IsZero() {
 		items = append(items, slackDate(at))
@@ -604,23 +604,6 @@ func clean(s string) string {
 		return r
 	}, s)
 	return strings.TrimSpace(s)
-}
-
-// truncate shortens s to at most n runes, ending with "…" when it cut.
-func truncate(s string, n int) string {
-	if n <= 0 {
-		return ""
-	}
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	i, count := 0, 0
-	for i < len(s) && count < n-1 {
-		_, size := utf8.DecodeRuneInString(s[i:])
-		i += size
-		count++
-	}
-	return s[:i] + "…"
 }
 
 // escapeMrkdwn escapes the three characters Slack's mrkdwn treats as markup.

@@ -11,6 +11,7 @@ import (
 	"github.com/slack-go/slack"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 const testStudyID = "60aca280709ee40ec37d4885"
@@ -94,8 +95,8 @@ func checkLimits(t *testing.T, r Rendered) {
 	limits := map[string]int{"header": 150, "section": 3000, "field": 2000, "context": 3000}
 	for kind, texts := range blockTexts(t, r.Blocks) {
 		for _, s := range texts {
-			if n := utf8.RuneCountInString(s); n == 0 || n > limits[kind] {
-				t.Errorf("%s text has %d characters, want 1..%d", kind, n, limits[kind])
+			if n := textviz.Len(s); n == 0 || n > limits[kind] {
+				t.Errorf("%s text has %d characters (UTF-16 units), want 1..%d", kind, n, limits[kind])
 			}
 			if !utf8.ValidString(s) {
 				t.Errorf("%s text is not valid UTF-8: %q", kind, s)
@@ -524,30 +525,6 @@ func TestHumanDuration(t *testing.T) {
 			t.Parallel()
 			if got := humanDuration(tt.d); got != tt.want {
 				t.Errorf("humanDuration(%v) = %q, want %q", tt.d, got, tt.want)
-			}
-		})
-	}
-}
-
-func TestTruncate(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		s    string
-		n    int
-		want string
-	}{
-		{name: "short enough", s: "abc", n: 3, want: "abc"}, // Unchanged.
-		{name: "ascii", s: "abcdef", n: 4, want: "abc…"},    // The ellipsis counts as one.
-		{name: "multibyte", s: "ééééé", n: 3, want: "éé…"},  // Cut between runes.
-		{name: "emoji", s: "🙂🙂🙂🙂", n: 2, want: "🙂…"},        // Four-byte runes.
-		{name: "zero", s: "abc", n: 0, want: ""},            // Nothing fits.
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			if got := truncate(tt.s, tt.n); got != tt.want {
-				t.Errorf("truncate(%q, %d) = %q, want %q", tt.s, tt.n, got, tt.want)
 			}
 		})
 	}

@@ -65,12 +65,13 @@ func NewBotSender(token, apiURL string, httpClient *http.Client) *BotSender {
 	return &BotSender{client: slack.New(token, opts...)}
 }
 
-// Post sends one chat.postMessage with text, blocks and metadata.
+// Post sends one chat.postMessage with text, blocks and metadata. Should
+// Slack refuse the blocks, it posts the text fallback alone (see
+// blocksRejected), still with the metadata.
 func (s *BotSender) Post(ctx context.Context, channel string, a Alert, threadTS string) (Posted, error) {
 	r := Render(a)
 	opts := []slack.MsgOption{
 		slack.MsgOptionText(r.Text, false),
-		slack.MsgOptionBlocks(r.Blocks...),
 		slack.MsgOptionMetadata(Metadata(a)),
 		slack.MsgOptionDisableLinkUnfurl(),
 		slack.MsgOptionDisableMediaUnfurl(),
@@ -80,7 +81,10 @@ func (s *BotSender) Post(ctx context.Context, channel string, a Alert, threadTS 
 		// inside a thread goes unnoticed.
 		opts = append(opts, slack.MsgOptionTS(threadTS), slack.MsgOptionBroadcast())
 	}
-	ch, ts, err := s.client.PostMessageContext(ctx, channel, opts...)
+	ch, ts, err := s.client.PostMessageContext(ctx, channel, append(opts, slack.MsgOptionBlocks(r.Blocks...))...)
+	if blocksRejected(err) {
+		ch, ts, err = s.client.PostMessageContext(ctx, channel, opts...)
+	}
 	if err != nil {
 		return Posted{}, fmt.Errorf("posting %s %s for study %s to Slack channel %s: %w",
 			a.Transition.Rule, a.Transition.State, a.StudyID, channel, err)
@@ -96,6 +100,14 @@ func (s *BotSender) Update(ctx context.Context, channel, ts string, firing, reso
 		slack.MsgOptionText(r.Text, false),
 		slack.MsgOptionBlocks(r.Blocks...),
 	)
+	if blocksRejected(err) {
+		// An empty block list replaces the original's blocks, which would
+		// otherwise still show the alert as open.
+		_, _, _, err = s.client.UpdateMessageContext(ctx, channel, ts,
+			slack.MsgOptionText(r.Text, false),
+			slack.MsgOptionBlocks(),
+		)
+	}
 	if err != nil {
 		return fmt.Errorf("updating Slack message %s in channel %s: %w", ts, channel, err)
 	}
@@ -159,13 +171,42 @@ func (s *WebhookSender) Post(ctx context.Context, _ string, a Alert, _ string) (
 		UnfurlLinks: &noUnfurl,
 		UnfurlMedia: &noUnfurl,
 	}
-	body := &errorBody{}
-	ctx = context.WithValue(ctx, errorBodyKey{}, body)
-	if err := slack.PostWebhookCustomHTTPContext(ctx, s.webhookURL, s.client, msg); err != nil {
+	post := func() error {
+		body := &errorBody{}
+		err := slack.PostWebhookCustomHTTPContext(context.WithValue(ctx, errorBodyKey{}, body), s.webhookURL, s.client, msg)
+		if err != nil {
+			return s.describeError(err, body)
+		}
+		return nil
+	}
+	err := post()
+	if blocksRejected(err) {
+		msg.Blocks = nil
+		err = post()
+	}
+	if err != nil {
 		return Posted{}, fmt.Errorf("posting %s %s for study %s to Slack incoming webhook: %w",
-			a.Transition.Rule, a.Transition.State, a.StudyID, s.describeError(err, body))
+			a.Transition.Rule, a.Transition.State, a.StudyID, err)
 	}
 	return Posted{}, nil
+}
+
+// blocksRejected reports whether Slack refused a message for its blocks.
+// The renderer keeps within every documented limit, but Slack may count or
+// validate differently from the rendering; rather than lose the alert for
+// good (the code is permanent), the senders try once more with the text
+// fallback alone, which tells the same story.
+func blocksRejected(err error) bool {
+	code := ""
+	var slackErr slack.SlackErrorResponse
+	var webhookErr *WebhookError
+	switch {
+	case errors.As(err, &slackErr):
+		code = slackErr.Err
+	case errors.As(err, &webhookErr):
+		code = webhookErr.Code
+	}
+	return code == "invalid_blocks" || code == "invalid_blocks_format"
 }
 
 // Update is not possible through a webhook.

@@ -348,3 +348,68 @@ func TestLogSender(t *testing.T) {
 		t.Errorf("got %d lines, want %d", lines, n)
 	}
 }
+
+// Slack refusing the blocks still delivers the alert: the text fallback goes
+// out alone, with its metadata, instead of the alert being failed for good.
+func TestSendersFallBackToTextWhenBlocksAreRefused(t *testing.T) {
+	t.Parallel()
+	a := urlAlert(rules.OverAllocation, rules.Firing, googleCounts(), time.Hour)
+	r := Render(a)
+
+	t.Run("bot post", func(t *testing.T) {
+		t.Parallel()
+		b := setupFake(t)
+		b.fake.FailNext("C0ALERTS", slackfake.Fault{SlackError: "invalid_blocks"}, 1)
+		if _, err := newBot(b.fake).Post(b.ctx, "C0ALERTS", a, ""); err != nil {
+			t.Fatalf("Post: %v", err)
+		}
+		msgs := b.fake.Messages()
+		if len(msgs) != 1 || msgs[0].Text != r.Text || len(msgs[0].Blocks) != 0 || msgs[0].Metadata == nil {
+			t.Fatalf("messages = %+v, want one text-only message with metadata", msgs)
+		}
+		if n := len(b.fake.Requests()); n != 2 {
+			t.Errorf("%d requests, want the refused one and the text-only one", n)
+		}
+	})
+	t.Run("bot update", func(t *testing.T) {
+		t.Parallel()
+		b := setupFake(t)
+		s := newBot(b.fake)
+		posted, err := s.Post(b.ctx, "C0ALERTS", a, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resolved := urlAlert(rules.OverAllocation, rules.Resolved, googleCounts(), 2*time.Hour)
+		b.fake.FailNext("C0ALERTS", slackfake.Fault{SlackError: "invalid_blocks"}, 1)
+		if err := s.Update(b.ctx, posted.Channel, posted.TS, a, resolved); err != nil {
+			t.Fatalf("Update: %v", err)
+		}
+		cur, ok := b.fake.Current(posted.TS)
+		if want := RenderResolvedOriginal(a, resolved).Text; !ok || cur.Text != want || string(cur.Blocks) != "[]" {
+			t.Fatalf("message now %+v, want text %q and its old blocks cleared", cur, want)
+		}
+	})
+	t.Run("incoming webhook", func(t *testing.T) {
+		t.Parallel()
+		b := setupFake(t)
+		b.fake.FailNext("", slackfake.Fault{SlackError: "invalid_blocks"}, 1)
+		if _, err := NewWebhookSender(b.fake.WebhookURL(), &http.Client{}).Post(b.ctx, "", a, ""); err != nil {
+			t.Fatalf("Post: %v", err)
+		}
+		posts := b.fake.WebhookPosts()
+		if len(posts) != 1 || posts[0].Text != r.Text || len(posts[0].Blocks) != 0 {
+			t.Fatalf("posts = %+v, want one text-only post", posts)
+		}
+	})
+	t.Run("other permanent errors are not retried", func(t *testing.T) {
+		t.Parallel()
+		b := setupFake(t)
+		b.fake.FailNext("C0ALERTS", slackfake.Fault{SlackError: "channel_not_found"}, 1)
+		if _, err := newBot(b.fake).Post(b.ctx, "C0ALERTS", a, ""); Classify(err).Reason != "channel_not_found" {
+			t.Fatalf("Post = %v, want channel_not_found", err)
+		}
+		if n := len(b.fake.Requests()); n != 1 {
+			t.Errorf("%d requests, want 1", n)
+		}
+	})
+}

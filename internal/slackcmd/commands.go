@@ -307,10 +307,10 @@ func pollText(st store.Study, now time.Time) string {
 		s = ago(st.LastPolledAt, now) + ", OK"
 	default:
 		s = fmt.Sprintf("%s, *failed* (%d in a row): %s", ago(st.LastPolledAt, now), st.ConsecutiveFailures,
-			escape(shortenTo(st.LastError, 200)))
+			escape(textviz.Truncate(st.LastError, 200)))
 	}
 	if st.PollNote != "" {
-		s += " — " + escape(shortenTo(st.PollNote, 200))
+		s += " — " + escape(textviz.Truncate(st.PollNote, 200))
 	}
 	return s
 }
@@ -328,7 +328,7 @@ func alertsText(alerts []rules.OpenAlert, now time.Time, limit int) string {
 		}
 		p := ":rotating_light: " + ruleName(a.Rule)
 		if a.ExternalURL != "" {
-			p += " on " + escape(shortenTo(a.ExternalURL, 60))
+			p += " on " + escape(textviz.Truncate(a.ExternalURL, 60))
 		}
 		parts = append(parts, p+" (since "+ago(a.Since, now)+")")
 	}

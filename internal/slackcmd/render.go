@@ -76,7 +76,7 @@ func (b *replyBuilder) code(lines []string) {
 
 // context adds a small grey note.
 func (b *replyBuilder) context(text string) {
-	b.add(slack.NewContextBlock("", slack.NewTextBlockObject(slack.MarkdownType, shortenTo(text, maxSectionChars), false, false)))
+	b.add(slack.NewContextBlock("", slack.NewTextBlockObject(slack.MarkdownType, textviz.Truncate(text, maxSectionChars), false, false)))
 }
 
 func (b *replyBuilder) reply() Reply {
@@ -85,13 +85,13 @@ func (b *replyBuilder) reply() Reply {
 		blocks = append(blocks, slack.NewContextBlock("",
 			slack.NewTextBlockObject(slack.MarkdownType, "…the rest did not fit in one Slack message.", false, false)))
 	}
-	return Reply{ResponseType: slack.ResponseTypeEphemeral, Text: shortenTo(b.text, maxSectionChars), Blocks: blocks}
+	return Reply{ResponseType: slack.ResponseTypeEphemeral, Text: textviz.Truncate(b.text, maxSectionChars), Blocks: blocks}
 }
 
 // chunkLines joins lines into texts of at most maxSectionChars characters,
 // each wrapped in prefix and suffix. A single overlong line is cut.
 func chunkLines(lines []string, prefix, suffix string) []string {
-	budget := maxSectionChars - utf8.RuneCountInString(prefix) - utf8.RuneCountInString(suffix)
+	budget := maxSectionChars - textviz.Len(prefix) - textviz.Len(suffix)
 	var (
 		chunks []string
 		cur    []string
@@ -104,8 +104,8 @@ func chunkLines(lines []string, prefix, suffix string) []string {
 		}
 	}
 	for _, line := range lines {
-		line = shortenTo(line, budget)
-		n := utf8.RuneCountInString(line)
+		line = textviz.Truncate(line, budget)
+		n := textviz.Len(line)
 		if len(cur) > 0 && size+1+n > budget {
 			flush()
 		}
@@ -128,7 +128,7 @@ func progressTable(urls []rules.URLCounts) []string {
 			break
 		}
 		rows = append(rows, []string{
-			shortenTo(u.ExternalURL, maxURLColumn),
+			textviz.Truncate(u.ExternalURL, maxURLColumn),
 			fmt.Sprintf("%d/%d", u.Allocated, u.TotalAllocation),
 			fmt.Sprintf("+%d", u.CapacityIncrements),
 			fmt.Sprint(u.Capacity()),
@@ -171,7 +171,7 @@ func studyLink(name, id string) string {
 	if name == "" {
 		return "<" + prolific.StudyURL(id) + "|" + id + ">"
 	}
-	label := strings.NewReplacer("|", "¦", "\n", " ").Replace(shortenTo(name, 150))
+	label := strings.NewReplacer("|", "¦", "\n", " ").Replace(textviz.Truncate(name, 150))
 	return "*<" + prolific.StudyURL(id) + "|" + escape(label) + ">* (`" + id + "`)"
 }
 
@@ -180,7 +180,7 @@ func studyLabel(name, id string) string {
 	if name == "" {
 		return "`" + id + "`"
 	}
-	return "*" + escape(shortenTo(name, 150)) + "* (`" + id + "`)"
+	return "*" + escape(textviz.Truncate(name, 150)) + "* (`" + id + "`)"
 }
 
 // plainLabel names a study in notification text, which is not mrkdwn-rich.
@@ -188,7 +188,7 @@ func plainLabel(name, id string) string {
 	if name == "" {
 		return id
 	}
-	return escape(shortenTo(name, 150))
+	return escape(textviz.Truncate(name, 150))
 }
 
 // statusText shows a Prolific status, "unknown" when none was seen.
@@ -196,7 +196,7 @@ func statusText(status string) string {
 	if status == "" {
 		return "status unknown"
 	}
-	return "`" + escape(shortenTo(status, 40)) + "`"
+	return "`" + escape(textviz.Truncate(status, 40)) + "`"
 }
 
 // ago is a short relative time in the past: "just now", "3m ago", "2h ago".
@@ -245,13 +245,4 @@ func unescape(s string) string {
 	s = strings.ReplaceAll(s, "&lt;", "<")
 	s = strings.ReplaceAll(s, "&gt;", ">")
 	return strings.ReplaceAll(s, "&amp;", "&")
-}
-
-// shortenTo cuts s to at most n characters, marking the cut.
-func shortenTo(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
 }

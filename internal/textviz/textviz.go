@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // ProgressBar draws value out of limit as a bar of width cells, e.g.
@@ -149,4 +151,44 @@ func isPlainNumber(s string) bool {
 		}
 	}
 	return dots <= 1
+}
+
+// Len is the length of s as Slack counts it against its limits: in UTF-16
+// code units, the way JavaScript measures strings, so an emoji outside the
+// Basic Multilingual Plane (🔴, 📈) counts twice. Counting runes instead
+// lets a header full of emoji pass 150 here and fail with invalid_blocks.
+func Len(s string) int {
+	n := 0
+	for _, r := range s {
+		n += unitsOf(r)
+	}
+	return n
+}
+
+// Truncate cuts s to at most n units of Len, ending a cut text with "…".
+func Truncate(s string, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	if Len(s) <= n {
+		return s
+	}
+	end, used := 0, 0
+	for i, r := range s {
+		if used+unitsOf(r) > n-1 {
+			break
+		}
+		used += unitsOf(r)
+		end = i + utf8.RuneLen(r)
+	}
+	return s[:end] + "…"
+}
+
+// unitsOf is how many UTF-16 code units r takes; an invalid rune is sent as
+// U+FFFD, one unit.
+func unitsOf(r rune) int {
+	if n := utf16.RuneLen(r); n > 0 {
+		return n
+	}
+	return 1
 }

@@ -121,3 +121,52 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		s    string
+		n    int
+		want string
+	}{
+		{name: "short enough", s: "abc", n: 3, want: "abc"},         // Unchanged.
+		{name: "ascii", s: "abcdef", n: 4, want: "abc…"},            // The ellipsis counts as one.
+		{name: "multibyte", s: "ééééé", n: 3, want: "éé…"},          // Cut between runes; é is one unit.
+		{name: "astral emoji", s: "🙂🙂🙂🙂", n: 3, want: "🙂…"},         // 🙂 is two UTF-16 units.
+		{name: "no half emoji", s: "🙂🙂🙂🙂", n: 2, want: "…"},         // Half a surrogate pair is never kept.
+		{name: "emoji fits exactly", s: "🔴 ab", n: 5, want: "🔴 ab"}, // 2 + 1 + 2 units.
+		{name: "zero", s: "abc", n: 0, want: ""},                    // Nothing fits.
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := Truncate(tt.s, tt.n)
+			if got != tt.want {
+				t.Errorf("Truncate(%q, %d) = %q, want %q", tt.s, tt.n, got, tt.want)
+			}
+			if Len(got) > max(tt.n, 0) {
+				t.Errorf("Len(%q) = %d, over %d", got, Len(got), tt.n)
+			}
+		})
+	}
+}
+
+func TestLen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		s    string
+		want int
+	}{
+		{"", 0},     // Empty.
+		{"abc", 3},  // ASCII: one unit each.
+		{"é▓░", 3},  // Basic Multilingual Plane: one unit each.
+		{"🔴📈", 4},   // Astral emoji: two units each, as Slack counts them.
+		{"\xff", 1}, // An invalid byte is sent as U+FFFD.
+	}
+	for _, tt := range tests {
+		if got := Len(tt.s); got != tt.want {
+			t.Errorf("Len(%q) = %d, want %d", tt.s, got, tt.want)
+		}
+	}
+}

@@ -20,7 +20,8 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"unicode/utf8"
+
+	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
 // DefaultToken is the bot token the fake accepts unless WithToken says otherwise.
@@ -31,14 +32,15 @@ const DefaultToken = "xoxb-slackfake-token"
 const webhookPath = "/services/TFAKE0000/BFAKE0000/slackfakewebhooksecret0001"
 
 // Slack's limits, enforced so that rendering bugs fail tests the way they
-// would fail in production.
+// would fail in production. Lengths are counted as Slack counts them, in
+// UTF-16 code units (textviz.Len).
 const (
 	maxBlocks       = 50
-	maxHeaderRunes  = 150
-	maxSectionRunes = 3000
-	maxFieldRunes   = 2000
+	maxHeaderChars  = 150
+	maxSectionChars = 3000
+	maxFieldChars   = 2000
 	maxFields       = 10
-	maxTextRunes    = 40000
+	maxTextChars    = 40000
 )
 
 // Message is one chat.postMessage or chat.update call that Slack accepted.
@@ -522,7 +524,7 @@ func messageFromParams(method string, p params) (Message, string) {
 	if m.Text == "" && len(m.Blocks) == 0 {
 		return m, "no_text"
 	}
-	if utf8.RuneCountInString(m.Text) > maxTextRunes {
+	if textviz.Len(m.Text) > maxTextChars {
 		return m, "msg_too_long"
 	}
 	if len(m.Blocks) > 0 {
@@ -559,21 +561,21 @@ func validateBlocks(raw json.RawMessage) error {
 		switch b.Type {
 		case "header":
 			if b.Text == nil || b.Text.Type != "plain_text" || b.Text.Text == "" ||
-				utf8.RuneCountInString(b.Text.Text) > maxHeaderRunes {
+				textviz.Len(b.Text.Text) > maxHeaderChars {
 				return fmt.Errorf("block %d: invalid header", i)
 			}
 		case "section":
 			if b.Text == nil && len(b.Fields) == 0 {
 				return fmt.Errorf("block %d: section without text or fields", i)
 			}
-			if b.Text != nil && (b.Text.Text == "" || utf8.RuneCountInString(b.Text.Text) > maxSectionRunes) {
+			if b.Text != nil && (b.Text.Text == "" || textviz.Len(b.Text.Text) > maxSectionChars) {
 				return fmt.Errorf("block %d: invalid section text", i)
 			}
 			if len(b.Fields) > maxFields {
 				return fmt.Errorf("block %d: %d fields", i, len(b.Fields))
 			}
 			for _, f := range b.Fields {
-				if f == nil || f.Text == "" || utf8.RuneCountInString(f.Text) > maxFieldRunes {
+				if f == nil || f.Text == "" || textviz.Len(f.Text) > maxFieldChars {
 					return fmt.Errorf("block %d: invalid field", i)
 				}
 			}
