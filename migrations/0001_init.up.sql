@@ -27,6 +27,9 @@ CREATE TABLE studies (
 
 -- Serves the claim, which takes due studies in (next_poll_at, id) order.
 CREATE INDEX studies_due_idx ON studies (next_poll_at, id);
+-- Serves the claim's first part, the few studies a webhook asked to poll,
+-- without reading every study due in a long cycle.
+CREATE INDEX studies_requested_idx ON studies (next_poll_at, id) WHERE poll_requested;
 
 -- Which Slack channel watches which study. Removing the last watch stops polling.
 CREATE TABLE watches (

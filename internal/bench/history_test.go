@@ -221,7 +221,7 @@ var recordPollQueries = []struct {
 		       next_poll_at = CASE WHEN poll_requested THEN LEAST($10::timestamptz, $6::timestamptz) ELSE $10::timestamptz END,
 		       lease_owner = NULL, lease_until = NULL,
 		       status_checked_at = CASE WHEN status_recheck THEN NULL WHEN $11 THEN $6::timestamptz ELSE status_checked_at END,
-		       poll_requested = false, status_recheck = false
+		       status_recheck = false
 		WHERE id = $1`,
 		func(now time.Time) []any {
 			return []any{historyStudy, "Bench study 0", rules.StatusActive, 0, now, now, true, "", "", now, false}

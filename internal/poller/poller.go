@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -204,8 +205,9 @@ func (p *Poller) Start(ctx context.Context) error {
 			timer.Reset(next.Sub(p.cfg.Now()))
 		case <-p.kick:
 			// A triggered cycle leaves the schedule alone, so frequent
-			// webhooks or watches never postpone everyone else's polls.
-			p.RunOnce(ctx, p.cfg.Now())
+			// webhooks or watches never postpone everyone else's polls,
+			// and its polls are due again at the schedule's next tick.
+			p.runCycle(ctx, p.cfg.Now(), next)
 		}
 	}
 }
@@ -221,16 +223,30 @@ type CycleStats struct {
 
 // RunOnce polls every study due at tick, claiming them in batches of
 // Concurrency so that a claimed study waits at most one batch for a slot,
-// well inside its lease. It returns when all claimed polls are recorded.
+// well inside its lease. Polled studies are due again at the schedule's
+// next tick after tick. It returns when all claimed polls are recorded.
 func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
+	return p.runCycle(ctx, tick, p.schedule.Next(tick))
+}
+
+// runCycle is RunOnce with the time polled studies are due again. Until its
+// last poll is recorded, it claims again whenever a poll ends or a Trigger
+// arrives (a webhook, a new watch), so such a study is polled within a
+// second even while the cycle's last slow polls run, and even when the
+// webhook landed during the study's own poll (RecordPoll then leaves it
+// requested).
+func (p *Poller) runCycle(ctx context.Context, tick, next time.Time) CycleStats {
 	stats := CycleStats{Tick: tick}
 	// Cycles never overlap, so no poll of this poller is in flight here.
 	p.releaseLeftovers()
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, p.cfg.Concurrency)
-		next = p.schedule.Next(tick)
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, p.cfg.Concurrency)
+		inFlight atomic.Int64
+		// finished wakes the loop below when a poll ends; it needs no more
+		// than one pending signal, since the loop re-reads inFlight.
+		finished = make(chan struct{}, 1)
 	)
 	for ctx.Err() == nil {
 		claimed, err := p.store.ClaimDueStudies(ctx, p.cfg.Owner, tick, p.cfg.Now(), p.cfg.Lease, p.cfg.Concurrency)
@@ -241,9 +257,6 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 			}
 			break
 		}
-		if len(claimed) == 0 {
-			break
-		}
 		for _, study := range claimed {
 			select {
 			case sem <- struct{}{}:
@@ -251,8 +264,16 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 				p.release(study.ID)
 				continue
 			}
+			inFlight.Add(1)
 			wg.Go(func() {
-				defer func() { <-sem }()
+				defer func() {
+					<-sem
+					inFlight.Add(-1)
+					select {
+					case finished <- struct{}{}:
+					default:
+					}
+				}()
 				ok := p.pollOne(study, next)
 				mu.Lock()
 				stats.Polled++
@@ -261,6 +282,20 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 				}
 				mu.Unlock()
 			})
+		}
+		// A full batch means more may be due: claim on at once. Otherwise
+		// the cycle's own work is all claimed, and only a poll ending or
+		// a trigger can make more due before the last poll is recorded.
+		if len(claimed) == p.cfg.Concurrency {
+			continue
+		}
+		if inFlight.Load() == 0 {
+			break
+		}
+		select {
+		case <-p.kick:
+		case <-finished:
+		case <-ctx.Done():
 		}
 	}
 	wg.Wait()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -260,5 +261,72 @@ func TestShortestStallThresholdAppliesWithTheDefault(t *testing.T) {
 	// last moved (the first observation), not from the poll that fired it.
 	if len(got.OpenAlerts) != 1 || got.OpenAlerts[0].Rule != rules.Stalled || !got.OpenAlerts[0].Since.Equal(t0) {
 		t.Fatalf("open alerts = %+v; want stalled since %v", got.OpenAlerts, t0)
+	}
+}
+
+// A webhook or a new watch in the middle of a cycle is polled at once, not
+// after the cycle's slowest poll: the cycle claims again when triggered.
+func TestTriggerDuringACyclePollsAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	fast, slow := studyID(0), studyID(1)
+	// The slow study's first progress request is held until the test ends.
+	holding, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
+	b.fake.OnRequest(func(r prolifictest.Request) {
+		if r.StudyID == slow && r.Endpoint == prolifictest.EndpointProgress && held.CompareAndSwap(false, true) {
+			close(holding)
+			<-release
+		}
+	})
+	api, err := prolific.New(prolific.Config{BaseURL: b.fake.URL(), Token: token, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Schedule: "@every 1h", Concurrency: 2, Owner: "w1"}, api, b.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Start(ctx) }()
+	defer func() {
+		close(release)
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start = %v", err)
+		}
+	}()
+
+	wait, cancelWait := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelWait()
+	select {
+	case <-holding:
+	case <-wait.Done():
+		t.Fatal("the slow study was never polled")
+	}
+	if err := b.fake.Wait(wait, func() bool { return b.fake.Requests(fast) >= 1 }); err != nil {
+		t.Fatal(err)
+	}
+	// A progress webhook for the study this cycle already polled.
+	if ok, err := b.store.PollSoon(ctx, fast, "", time.Now()); err != nil || !ok {
+		t.Fatalf("PollSoon = %v, %v", ok, err)
+	}
+	p.Trigger()
+	if err := b.fake.Wait(wait, func() bool { return b.fake.Requests(fast) >= 2 }); err != nil {
+		t.Fatalf("the requested study was not polled again while the cycle ran: %v", err)
+	}
+	// A study watched for the first time while the cycle runs.
+	added := studyID(2)
+	b.fake.SetStudy(prolifictest.Study{ID: added, URLs: []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 10}}})
+	if _, err := b.store.AddWatch(ctx, store.StudyInfo{ID: added}, store.Watch{ChannelID: "C1"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	p.Trigger()
+	if err := b.fake.Wait(wait, func() bool { return b.fake.Requests(added) >= 1 }); err != nil {
+		t.Fatalf("the new study was not polled while the cycle ran: %v", err)
+	}
+	if got := b.fake.Requests(slow); got != 1 {
+		t.Errorf("slow study requested %d times, want its one held request", got)
 	}
 }

@@ -25,24 +25,37 @@ type ClaimedStudy struct {
 	StatusCheckedAt time.Time
 }
 
-// ClaimDueStudies leases, until now+lease, up to limit watched studies whose
-// next poll time is at or before dueBy and that no live lease holds. Rows
-// another replica is claiming at the same moment are skipped, so each due
-// study goes to exactly one poller. Passing the cycle's tick as dueBy keeps a
-// study polled during the cycle from being claimed again in the same cycle.
+// ClaimDueStudies leases, until now+lease, up to limit watched studies that
+// no live lease holds and that are due: first those a webhook asked to poll
+// (PollSoon) by now, then those whose next poll time is at or before dueBy.
+// Rows another replica is claiming at the same moment are skipped, so each
+// due study goes to exactly one poller. Passing the cycle's tick as dueBy
+// keeps a study polled during the cycle from being claimed again in the same
+// cycle unless a webhook asks for it again; taking requested studies first
+// lets a webhook's poll start within a second even in the middle of a long
+// cycle, on whichever replica claims next.
 func (s *Store) ClaimDueStudies(ctx context.Context, owner string, dueBy, now time.Time, lease time.Duration, limit int) ([]ClaimedStudy, error) {
 	rows, err := s.pool.Query(ctx, `
-		WITH due AS (
+		WITH requested AS (
 			SELECT id FROM studies
-			WHERE next_poll_at <= $5
+			WHERE poll_requested AND next_poll_at <= $1
 			  AND (lease_until IS NULL OR lease_until < $1)
 			  AND EXISTS (SELECT 1 FROM watches w WHERE w.study_id = studies.id)
 			ORDER BY next_poll_at, id
 			LIMIT $4
 			FOR UPDATE SKIP LOCKED
+		), due AS (
+			SELECT id FROM studies
+			WHERE next_poll_at <= $5
+			  AND (lease_until IS NULL OR lease_until < $1)
+			  AND EXISTS (SELECT 1 FROM watches w WHERE w.study_id = studies.id)
+			  AND id <> ALL (ARRAY(SELECT id FROM requested))
+			ORDER BY next_poll_at, id
+			LIMIT $4 - (SELECT count(*) FROM requested)
+			FOR UPDATE SKIP LOCKED
 		)
 		UPDATE studies s SET lease_owner = $2, lease_until = $3, poll_requested = false, status_recheck = false
-		WHERE s.id = ANY (ARRAY(SELECT id FROM due))
+		WHERE s.id = ANY (ARRAY(SELECT id FROM requested UNION ALL SELECT id FROM due))
 		RETURNING s.id, s.name, s.status, coalesce(s.status_checked_at, '-infinity')`,
 		now, owner, now.Add(lease), limit, dueBy)
 	if err != nil {
@@ -262,15 +275,16 @@ func (s *Store) RecordPoll(ctx context.Context, rec PollRecord, eval Evaluator) 
 		if !next.StallSince.IsZero() {
 			nextStallSince = &next.StallSince
 		}
-		// A webhook that arrived during this poll keeps the study due and,
-		// for a status change, its status stale (see PollSoon).
+		// A webhook that arrived during this poll keeps the study due and
+		// requested, so the next claim takes it even mid-cycle, and, for a
+		// status change, its status stale (see PollSoon).
 		writes.Queue(`
 			UPDATE studies SET name = $2, status = $3, consecutive_failures = $4, stall_since = $5,
 			       last_polled_at = $6, last_poll_ok = $7, last_error = $8, poll_note = $9,
 			       next_poll_at = CASE WHEN poll_requested THEN LEAST($10::timestamptz, $6::timestamptz) ELSE $10::timestamptz END,
 			       lease_owner = NULL, lease_until = NULL,
 			       status_checked_at = CASE WHEN status_recheck THEN NULL WHEN $11 THEN $6::timestamptz ELSE status_checked_at END,
-			       poll_requested = false, status_recheck = false
+			       status_recheck = false
 			WHERE id = $1`,
 			rec.StudyID, name, next.Status, next.ConsecutiveFailures, nextStallSince,
 			rec.At, rec.OK, rec.Error, ev.Note, ev.NextPollAt, rec.StatusChecked)

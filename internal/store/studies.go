@@ -46,15 +46,16 @@ type Study struct {
 }
 
 // AddWatch registers channel's watch of a study, creating the study if it is
-// new. Either way the study becomes due at once. Watching again updates the
+// new. Either way the study becomes due at once; a new one is also marked
+// requested, so that a running cycle takes it too (see ClaimDueStudies). Watching again updates the
 // stall-after override and who added it, and reports created=false. The
 // status of a known study is left to the poller, which feeds it to the rules
 // (a change into ACTIVE restarts the stall clock).
 func (s *Store) AddWatch(ctx context.Context, info StudyInfo, w Watch, now time.Time) (created bool, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `
-			INSERT INTO studies (id, name, status, created_at, next_poll_at)
-			VALUES ($1, $2, $3, $4, $4)
+			INSERT INTO studies (id, name, status, created_at, next_poll_at, poll_requested)
+			VALUES ($1, $2, $3, $4, $4, true)
 			ON CONFLICT (id) DO UPDATE
 			SET name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE studies.name END,
 			    next_poll_at = LEAST(studies.next_poll_at, EXCLUDED.next_poll_at)`,
