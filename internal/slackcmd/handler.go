@@ -125,7 +125,11 @@ type Handler struct {
 	log          *slog.Logger
 
 	// pending counts late answers still being worked on or delivered.
-	pending sync.WaitGroup
+	// closing, set by Wait under pendingMu, stops new ones from starting,
+	// so that no Add races the Wait of a shutting-down worker.
+	pendingMu sync.Mutex
+	closing   bool
+	pending   sync.WaitGroup
 }
 
 // New validates cfg and returns a Handler.
@@ -280,8 +284,13 @@ func (h *Handler) Execute(ctx context.Context, sc slack.SlashCommand) Reply {
 }
 
 // Wait blocks until every late answer has been delivered or ctx is done,
-// so a shutting-down worker does not cut a watch off halfway.
+// so a shutting-down worker does not cut a watch off halfway. Commands that
+// arrive from then on (a request the HTTP server is still draining, a
+// Socket Mode event) are told to try again instead of starting work.
 func (h *Handler) Wait(ctx context.Context) error {
+	h.pendingMu.Lock()
+	h.closing = true
+	h.pendingMu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		h.pending.Wait()
@@ -314,8 +323,14 @@ func commandName(c string) string {
 func (h *Handler) respondLater(ctx context.Context, log *slog.Logger, responseURL string, waiting Reply, work func(context.Context) Reply) Reply {
 	ready := make(chan Reply)
 	late := make(chan struct{})
-	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.checkTimeout)
+	h.pendingMu.Lock()
+	if h.closing {
+		h.pendingMu.Unlock()
+		return textReply("taskflow-watch is restarting; nothing was changed. Please try again in a minute.")
+	}
 	h.pending.Add(1)
+	h.pendingMu.Unlock()
+	workCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.checkTimeout)
 	go func() {
 		defer h.pending.Done()
 		defer cancel()
