@@ -28,16 +28,18 @@ func (a *App) pruneLoop(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		}
-		a.prune(ctx)
+		a.prune(ctx, retentionBatch)
 		timer.Reset(retentionEvery)
 	}
 }
 
-func (a *App) prune(ctx context.Context) {
+// prune deletes, batch rows of each kind at a time, everything older than
+// RETENTION that the rules no longer need, and logs what went.
+func (a *App) prune(ctx context.Context, batch int) {
 	now := a.now()
 	var total store.Pruned
 	for ctx.Err() == nil {
-		p, err := a.store.PruneBatch(ctx, now.Add(-a.cfg.Retention), now.Add(-webhookDedupeWindow), retentionBatch)
+		p, err := a.store.PruneBatch(ctx, now.Add(-a.cfg.Retention), now.Add(-webhookDedupeWindow), batch)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("pruning history failed", slog.Any("error", err))
@@ -48,7 +50,7 @@ func (a *App) prune(ctx context.Context) {
 		total.Outbox += p.Outbox
 		total.Alerts += p.Alerts
 		total.WebhookEvents += p.WebhookEvents
-		if max(p.Observations, p.Outbox, p.Alerts, p.WebhookEvents) < retentionBatch {
+		if max(p.Observations, p.Outbox, p.Alerts, p.WebhookEvents) < int64(batch) {
 			break
 		}
 		select {
