@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,9 +11,14 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/taskflow-watch/taskflow-watch/internal/app"
 	"github.com/taskflow-watch/taskflow-watch/internal/config"
 	"github.com/taskflow-watch/taskflow-watch/internal/notify/slackfake"
+	"github.com/taskflow-watch/taskflow-watch/internal/prolific"
 	"github.com/taskflow-watch/taskflow-watch/internal/prolific/prolifictest"
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
 	"github.com/taskflow-watch/taskflow-watch/internal/store"
@@ -110,6 +116,24 @@ func (b *bundle) waitPolls(t *testing.T, id string, n int) {
 	t.Helper()
 	if err := b.prolific.Wait(waitCtx(t), func() bool { return b.prolific.Requests(id) >= n }); err != nil {
 		t.Fatalf("waiting for %d polls of %s: %v\nlogs:\n%s", n, id, err, b.logs.String())
+	}
+}
+
+// waitRecorded waits until the stored study satisfies ok, i.e. until the
+// poll that makes it true is committed.
+func (b *bundle) waitRecorded(t *testing.T, id string, ok func(store.Study) bool) {
+	t.Helper()
+	ctx := waitCtx(t)
+	for {
+		st, err := b.store.GetStudy(ctx, id)
+		if err == nil && ok(st) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("study %s never reached the expected state: %+v, %v\nlogs:\n%s", id, st, err, b.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -259,24 +283,39 @@ func TestStalledFiresOnceAndResolvesWhenMoving(t *testing.T) {
 
 func TestFailingAPIGivesOnePollFailingAndNoStalled(t *testing.T) {
 	t.Parallel()
-	b := setup(t, map[string]string{"POLL_FAILURES_BEFORE_ALERT": "3"})
+	b := setup(t, map[string]string{"POLL_FAILURES_BEFORE_ALERT": "2"})
 	b.cfg.StallAfter = time.Second
 	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 4, 0)})
-	b.prolific.Fail(studyID, prolifictest.Fault{Endpoint: prolifictest.EndpointAll, Status: 500}, -1)
+	// The first progress fetch is answered: one ACTIVE observation with
+	// room, which starts the stall clock. Every later one fails with a 500.
+	b.prolific.Fail(studyID, prolifictest.Fault{Status: http.StatusOK}, 1)
+	b.prolific.Fail(studyID, prolifictest.Fault{Status: http.StatusInternalServerError}, -1)
 	b.start(t)
 
-	if _, err := b.slack.WaitMessages(waitCtx(t), 1); err != nil {
-		t.Fatalf("no poll_failing alert: %v\n%s", err, b.logs.String())
-	}
-	// More failed polls (with back-off) give nothing more.
-	b.prolific.Wait(waitCtx(t), func() bool { return b.prolific.StudyRequests(studyID) >= 5 })
+	// Three failed polls (one second, then two, backing off) span well
+	// over the stall threshold; the second fires poll_failing, the third
+	// repeats nothing. Failed polls are not observations, so stalled
+	// stays quiet however long they last.
+	b.waitPolls(t, studyID, 4)
+	b.waitRecorded(t, studyID, func(st store.Study) bool { return st.ConsecutiveFailures == 3 })
 	b.settle(t)
 	if got := b.alerts(); len(got) != 1 || got[0] != "poll_failing/firing/" {
 		t.Fatalf("alerts = %v, want one poll_failing and no stalled", got)
 	}
 	st, err := b.store.GetStudy(context.Background(), studyID)
-	if err != nil || st.LastPollOK || !strings.Contains(st.LastError, "500") {
-		t.Errorf("study = %+v, %v; want the last error recorded", st, err)
+	if err != nil || st.LastPollOK || !strings.Contains(st.LastError, "500") || st.Status != "ACTIVE" {
+		t.Errorf("study = %+v, %v; want the last error recorded and the status kept", st, err)
+	}
+
+	// The next good poll ends poll_failing. It is also the first
+	// observation since the study went quiet: allocation has not moved for
+	// longer than the threshold, so stalled fires now.
+	b.prolific.ClearFaults(studyID)
+	b.waitRecorded(t, studyID, func(st store.Study) bool { return st.LastPollOK && st.ConsecutiveFailures == 0 })
+	b.settle(t)
+	got := b.alerts()
+	if len(got) != 3 || count(got, "poll_failing/firing/") != 1 || count(got, "poll_failing/resolved/") != 1 || count(got, "stalled/firing/") != 1 {
+		t.Fatalf("alerts = %v, want poll_failing firing then resolving, and stalled firing once polls work again", got)
 	}
 }
 
@@ -284,20 +323,28 @@ func TestSlackRateLimitDeliversOnceAfterRetryAfter(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 11, 5)})
-	b.slack.FailNext(channel, slackfake.Fault{Status: 429, RetryAfter: "2"}, 1)
+	// Retry-After is well beyond the first retry's backoff (2 s with jitter,
+	// so 1–2 s, plus up to a second until the dispatcher looks again), so
+	// only a dispatcher that honours the header waits that long.
+	b.slack.FailNext(channel, slackfake.Fault{Status: 429, RetryAfter: "5"}, 1)
 	b.start(t)
 
 	reqs, err := b.slack.WaitRequests(waitCtx(t), 1)
+	limited := time.Now()
 	if err != nil || reqs[0].Status != 429 {
 		t.Fatalf("first request = %+v, %v; want the 429", reqs, err)
 	}
-	limited := time.Now()
-	if _, err := b.slack.WaitMessages(waitCtx(t), 1); err != nil {
+	reqs, err = b.slack.WaitRequests(waitCtx(t), 2)
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The retry came no sooner than Retry-After after the 429 was seen.
-	if waited := time.Since(limited); waited < time.Second {
-		t.Errorf("retried %v after a 429 with Retry-After: 2", waited)
+	// The retry came no sooner than Retry-After after the 429 (less a
+	// margin for the time between the 429 and this test seeing it).
+	if waited := time.Since(limited); waited < 4500*time.Millisecond {
+		t.Errorf("retried %v after a 429 with Retry-After: 5", waited)
+	}
+	if reqs[1].Status != http.StatusOK || reqs[1].Error != "" {
+		t.Errorf("retry = %+v, want it accepted", reqs[1])
 	}
 	b.settle(t)
 	if got := b.alerts(); len(got) != 1 {
@@ -307,11 +354,14 @@ func TestSlackRateLimitDeliversOnceAfterRetryAfter(t *testing.T) {
 
 func TestHealthReadinessAndMetrics(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
+	started := time.Now()
+	// Polls happen only at start-up and on webhooks, so the test knows
+	// exactly how many there were.
+	b := setup(t, map[string]string{"POLL_SCHEDULE": "@every 1h", "PROLIFIC_WEBHOOK_SECRET": webhookSecret})
 	b.watch(t, prolifictest.Study{ID: studyID, URLs: progress(10, 12, 0)})
+	// Slack fails until the test has seen the outbox hold the alerts.
+	b.slack.FailNext(channel, slackfake.Fault{Status: http.StatusInternalServerError}, 0)
 	b.start(t)
-	b.waitPolls(t, studyID, 3)
-	b.settle(t)
 	base := "http://" + b.app.Addr()
 
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
@@ -324,28 +374,183 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
 		}
 	}
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
+
+	// Poll 1 (start-up) fires over_allocation and over_capacity; both wait
+	// in the outbox while Slack answers 500.
+	if _, err := b.slack.WaitRequests(waitCtx(t), 1); err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
-	for _, want := range []string{
-		`taskflow_polls_total{outcome="ok"}`,
-		`taskflow_observations_written_total 1`,
-		`taskflow_alert_transitions_total{rule="over_allocation",transition="firing"} 1`,
-		`taskflow_alert_transitions_total{rule="over_capacity",transition="firing"} 1`,
-		`taskflow_notifications_total{outcome="sent",reason=""} 2`,
-		`taskflow_outbox_pending 0`,
-		`taskflow_outbox_oldest_pending_age_seconds 0`,
-		`taskflow_last_cycle_completed_timestamp_seconds`,
-		`taskflow_poll_duration_seconds_count`,
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("/metrics lacks %q", want)
+	held := b.scrape(t, func(metricFamilies) bool { return true })
+	if got := held.value(t, "taskflow_outbox_pending"); got != 2 {
+		t.Errorf("taskflow_outbox_pending = %v while Slack fails, want 2", got)
+	}
+	if got := held.value(t, "taskflow_outbox_oldest_pending_age_seconds"); got <= 0 || got > time.Since(started).Seconds() {
+		t.Errorf("taskflow_outbox_oldest_pending_age_seconds = %v while Slack fails, want above 0 and within the test's %v",
+			got, time.Since(started))
+	}
+	b.slack.ClearFaults()
+	b.settle(t)
+
+	// Poll 2 (a webhook) sees the URL back within its allocation: both
+	// resolve. Poll 3 (another webhook) sees no change: no observation.
+	b.prolific.SetProgress(studyID, progress(10, 10, 0))
+	for i, evt := range []string{"evt-1", "evt-2"} {
+		body, _ := json.Marshal(map[string]string{"event_type": prolific.EventStudyProgressChange, "resource_id": studyID})
+		if status, err := b.prolific.SendWebhook(context.Background(), base+"/webhooks/prolific", []byte(webhookSecret), evt, body); err != nil || status != http.StatusOK {
+			t.Fatalf("webhook %s = %d, %v", evt, status, err)
+		}
+		b.waitPolls(t, studyID, i+2)
+		b.waitScheduled(t, studyID)
+	}
+	b.settle(t)
+	polls := b.prolific.Requests(studyID)
+	failedSends := 0
+	for _, r := range b.slack.Requests() {
+		if r.Status == http.StatusInternalServerError {
+			failedSends++
 		}
 	}
+	if polls != 3 || failedSends == 0 {
+		t.Fatalf("%d polls and %d failed sends; the script expects 3 polls and at least one failed send", polls, failedSends)
+	}
+
+	// Metrics are updated just after the work they count is committed, so
+	// wait for the last poll and the last delivery to be counted.
+	m := b.scrape(t, func(m metricFamilies) bool {
+		return m.histogramCount("taskflow_poll_duration_seconds") == uint64(polls) &&
+			m.sum("taskflow_notifications_total", "outcome", "sent") == 4
+	})
+	checks := []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		// Every poll succeeded, and there is no other outcome.
+		{`taskflow_polls_total{outcome="ok"}`, m.sum("taskflow_polls_total", "outcome", "ok"), float64(polls)},
+		{`taskflow_polls_total`, m.sum("taskflow_polls_total"), float64(polls)},
+		{`taskflow_poll_duration_seconds_count`, float64(m.histogramCount("taskflow_poll_duration_seconds")), float64(polls)},
+		// Polls 1 and 2 changed progress; poll 3 did not.
+		{`taskflow_observations_written_total`, m.sum("taskflow_observations_written_total"), 2},
+		// Each rule fired on poll 1 and resolved on poll 2, and nothing else.
+		{`taskflow_alert_transitions_total{rule="over_allocation",transition="firing"}`,
+			m.sum("taskflow_alert_transitions_total", "rule", "over_allocation", "transition", "firing"), 1},
+		{`taskflow_alert_transitions_total{rule="over_allocation",transition="resolved"}`,
+			m.sum("taskflow_alert_transitions_total", "rule", "over_allocation", "transition", "resolved"), 1},
+		{`taskflow_alert_transitions_total{rule="over_capacity",transition="firing"}`,
+			m.sum("taskflow_alert_transitions_total", "rule", "over_capacity", "transition", "firing"), 1},
+		{`taskflow_alert_transitions_total{rule="over_capacity",transition="resolved"}`,
+			m.sum("taskflow_alert_transitions_total", "rule", "over_capacity", "transition", "resolved"), 1},
+		{`taskflow_alert_transitions_total`, m.sum("taskflow_alert_transitions_total"), 4},
+		// Two firings and two resolutions were sent; every 500 was a retry.
+		{`taskflow_notifications_total{outcome="sent",reason=""}`, m.sum("taskflow_notifications_total", "outcome", "sent", "reason", ""), 4},
+		{`taskflow_notifications_total{outcome="retry",reason="http 500"}`,
+			m.sum("taskflow_notifications_total", "outcome", "retry", "reason", "http 500"), float64(failedSends)},
+		{`taskflow_notifications_total{outcome="failed"}`, m.sum("taskflow_notifications_total", "outcome", "failed"), 0},
+		// Everything is delivered.
+		{`taskflow_outbox_pending`, m.value(t, "taskflow_outbox_pending"), 0},
+		{`taskflow_outbox_oldest_pending_age_seconds`, m.value(t, "taskflow_outbox_oldest_pending_age_seconds"), 0},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if n := m.histogramCount("taskflow_cycle_duration_seconds"); n == 0 {
+		t.Errorf("taskflow_cycle_duration_seconds_count = 0 after %d polls", polls)
+	}
+	last := m.value(t, "taskflow_last_cycle_completed_timestamp_seconds")
+	if from, to := float64(started.UnixNano())/1e9, float64(time.Now().UnixNano())/1e9; last < from || last > to {
+		t.Errorf("taskflow_last_cycle_completed_timestamp_seconds = %.3f, want within the test, %.3f to %.3f", last, from, to)
+	}
+}
+
+// metricFamilies is one parsed /metrics scrape.
+type metricFamilies map[string]*dto.MetricFamily
+
+// scrape reads /metrics until ready accepts it.
+func (b *bundle) scrape(t *testing.T, ready func(metricFamilies) bool) metricFamilies {
+	t.Helper()
+	ctx := waitCtx(t)
+	for {
+		resp, err := http.Get("http://" + b.app.Addr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("parsing /metrics: %v", err)
+		}
+		if ready(fams) {
+			return fams
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("/metrics never reached the expected values; last scrape:\n%v", fams)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// sum adds up the counter, gauge or untyped values of the series of name
+// whose labels include the given name/value pairs (0 when none match).
+func (m metricFamilies) sum(name string, labels ...string) float64 {
+	total := 0.0
+	for _, s := range m.series(name, labels...) {
+		switch {
+		case s.Counter != nil:
+			total += s.Counter.GetValue()
+		case s.Gauge != nil:
+			total += s.Gauge.GetValue()
+		case s.Untyped != nil:
+			total += s.Untyped.GetValue()
+		}
+	}
+	return total
+}
+
+// value is the single series of a metric without labels; it fails the
+// test when the metric is missing.
+func (m metricFamilies) value(t *testing.T, name string) float64 {
+	t.Helper()
+	if len(m.series(name)) != 1 {
+		t.Fatalf("/metrics has %d series of %s, want 1", len(m.series(name)), name)
+	}
+	return m.sum(name)
+}
+
+// histogramCount is the observation count of an unlabelled histogram.
+func (m metricFamilies) histogramCount(name string) uint64 {
+	var n uint64
+	for _, s := range m.series(name) {
+		n += s.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+func (m metricFamilies) series(name string, labels ...string) []*dto.Metric {
+	fam, ok := m[name]
+	if !ok {
+		return nil
+	}
+	var out []*dto.Metric
+	for _, s := range fam.Metric {
+		have := map[string]string{}
+		for _, l := range s.Label {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				match = false
+			}
+		}
+		if match {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func TestReadinessFailsWhenTheSchemaIsBehind(t *testing.T) {
@@ -394,5 +599,38 @@ func TestIncomingWebhookModePostsEachAlertOnce(t *testing.T) {
 	posts := b.slack.WebhookPosts()
 	if len(posts) != 1 || !strings.Contains(posts[0].Text, "Over allocation") {
 		t.Fatalf("webhook posts = %+v, want the over-allocation once", posts)
+	}
+}
+
+func TestSlashCommandsOnlyFromAllowedTeams(t *testing.T) {
+	t.Parallel()
+	b := setup(t, map[string]string{"SLACK_SIGNING_SECRET": signingSecret, "SLACK_ALLOWED_TEAMS": " T0ALLOWED , T0SECOND ",
+		"POLL_SCHEDULE": "@every 1h"})
+	b.prolific.SetStudy(prolifictest.Study{ID: studyID, Name: "Team study", URLs: progress(10, 4, 0)})
+	b.start(t)
+
+	steps := []struct {
+		name    string
+		team    string
+		want    string
+		studies int
+	}{
+		// A correctly signed command from a team not on the list is refused and changes nothing.
+		{"other team", "T0STRANGER", "not allowed", 0},
+		// A listed team (written with spaces around it) is served.
+		{"listed team", "T0SECOND", "Team study", 1},
+	}
+	for _, step := range steps {
+		code, reply := b.slashAs(t, step.team, "watch "+studyID, signingSecret)
+		if code != http.StatusOK || !strings.Contains(reply, step.want) {
+			t.Fatalf("%s: watch = %d %s; want 200 saying %q", step.name, code, reply, step.want)
+		}
+		studies, err := b.store.Studies(context.Background(), "")
+		if err != nil || len(studies) != step.studies {
+			t.Fatalf("%s: %d studies stored (%v), want %d", step.name, len(studies), err, step.studies)
+		}
+		if step.studies == 0 && b.prolific.TotalRequests() != 0 {
+			t.Fatalf("%s: Prolific asked %d times for a refused command", step.name, b.prolific.TotalRequests())
+		}
 	}
 }

@@ -21,20 +21,26 @@ const (
 	webhookSecret = "prolific-webhook-test-secret"
 )
 
-// slash posts a slash command to the running worker exactly as Slack does.
+// slash posts a slash command from team T1 to the running worker exactly as
+// Slack does, signed with secret.
 func (b *bundle) slash(t *testing.T, text, secret string) (int, string) {
 	t.Helper()
-	form := url.Values{"team_id": {"T1"}, "channel_id": {channel}, "user_id": {"U1"}, "command": {"/taskflow"}, "text": {text},
-		"response_url": {"https://hooks.slack.com/commands/T1/1/x"}}
-	body := form.Encode()
+	return b.slashAs(t, "T1", text, secret)
+}
+
+// slashAs is slash from the given team.
+func (b *bundle) slashAs(t *testing.T, team, text, secret string) (int, string) {
+	t.Helper()
+	body := url.Values{"team_id": {team}, "channel_id": {channel}, "user_id": {"U1"}, "command": {"/taskflow"}, "text": {text},
+		"response_url": {"https://hooks.slack.com/commands/" + team + "/1/x"}}.Encode()
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
 	req, err := http.NewRequest(http.MethodPost, "http://"+b.app.Addr()+"/slack/commands", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("X-Slack-Request-Timestamp", ts)
-	req.Header.Set("X-Slack-Signature", slackcmd.Sign([]byte(secret), ts, []byte(body)))
+	req.Header.Set(slackcmd.HeaderTimestamp, ts)
+	req.Header.Set(slackcmd.HeaderSignature, slackcmd.Sign([]byte(secret), ts, []byte(body)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +123,36 @@ func TestLoadRejectsValuesThatWouldFailLater(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "pw@") || strings.Contains(err.Error(), "tok with space") {
 				t.Errorf("error echoes a secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoadAllowedTeams(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		value string
+		want  []string
+	}{
+		// Unset: any team whose request is verified may use the commands.
+		{"unset", "", nil},
+		// Only separators and spaces is as good as unset.
+		{"blank", " , ,, ", nil},
+		// One team id.
+		{"one", "T0123456", []string{"T0123456"}},
+		// Comma-separated, spaces around each id trimmed, empty entries dropped.
+		{"several", " T0123456 ,T0ABCDEF,, \tT0999999\t", []string{"T0123456", "T0ABCDEF", "T0999999"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Load(env(map[string]string{"SLACK_ALLOWED_TEAMS": tt.value}), Need{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.SlackAllowedTeams, tt.want) {
+				t.Errorf("SLACK_ALLOWED_TEAMS=%q gives %q, want %q", tt.value, c.SlackAllowedTeams, tt.want)
 			}
 		})
 	}

@@ -79,6 +79,8 @@ type setupOptions struct {
 	gate            <-chan struct{}
 	// slackOnlyResponseURLs keeps the production response_url check.
 	slackOnlyResponseURLs bool
+	// now is the handler's clock; zero means t0.
+	now time.Time
 }
 
 // testBundle is a handler wired to real Postgres, the fake Prolific API
@@ -123,6 +125,10 @@ func setup(t *testing.T, opts setupOptions) *testBundle {
 	t.Cleanup(responder.Close)
 	b.responseURL = responder.URL + "/commands/T1DC2JH3J/397700885554/96rGlfmibIGlgcZRskXaIFfN"
 
+	now := t0
+	if !opts.now.IsZero() {
+		now = opts.now
+	}
 	cfg := slackcmd.Config{
 		SigningSecret:    b.secret,
 		AllowedTeams:     opts.allowedTeams,
@@ -131,7 +137,7 @@ func setup(t *testing.T, opts setupOptions) *testBundle {
 		Poller:           b.poller,
 		AckTimeout:       opts.ackTimeout,
 		AllowResponseURL: slackcmd.AllowAnyResponseURL,
-		Now:              func() time.Time { return t0 },
+		Now:              func() time.Time { return now },
 		Logger:           slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if opts.slackOnlyResponseURLs {
@@ -817,6 +823,37 @@ func TestRequestsRefusedBeforeAnything(t *testing.T) {
 		t.Fatalf("signed request: HTTP %d", r.status)
 	}
 	mustContain(t, r, "Now watching")
+}
+
+// TestSlackSigningExampleOverHTTP sends Slack's documented example request
+// byte for byte: its keys are not in the order url.Values.Encode writes
+// them, so it is accepted only if the signature is checked over the raw body.
+func TestSlackSigningExampleOverHTTP(t *testing.T) {
+	t.Parallel()
+	ex := loadSigningExample(t)
+	if ex.timestamp != "1531420618" || string(ex.secret) != "8f742231b10e8888abcd99yyyzzz85a5" {
+		t.Fatalf("fixture timestamp %q, secret %q; want Slack's example", ex.timestamp, ex.secret)
+	}
+	values, err := url.ParseQuery(string(ex.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if values.Encode() == string(ex.body) {
+		t.Fatal("the example body is in canonical order; it cannot tell the raw body from a re-encoded form")
+	}
+	b := setup(t, setupOptions{now: time.Unix(1531420618, 0)})
+	if string(b.secret) != string(ex.secret) {
+		t.Fatalf("handler secret %q; want the example's", b.secret)
+	}
+	r := b.post(t, string(ex.body), http.Header{
+		slackcmd.HeaderTimestamp: {ex.timestamp},
+		slackcmd.HeaderSignature: {ex.expected},
+	})
+	if r.status != http.StatusOK {
+		t.Fatalf("Slack's example request: HTTP %d %s; want 200", r.status, r.body)
+	}
+	// The empty text of the example is answered with help.
+	mustContain(t, r, "/webhook-collect")
 }
 
 func TestOnlyPost(t *testing.T) {

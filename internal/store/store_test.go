@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -267,23 +268,43 @@ func TestRecordPollStoresTransitionsAndOutboxAtomically(t *testing.T) {
 		t.Fatalf("study = %+v, %v; want one open poll_failing after one failure", st, err)
 	}
 
-	// A second firing of the same open alert violates the schema's uniqueness:
-	// nothing of that poll may be written.
+	// The next poll succeeds with new progress, and its transitions are a
+	// capacity_increase event, whose outbox rows are written first, then a
+	// second firing of the open alert, which violates the schema's
+	// uniqueness. The later failure must undo the earlier writes: nothing of
+	// that poll may be stored.
 	claim(t0.Add(time.Minute))
-	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0.Add(time.Minute), OK: true},
+	before, err := s.GetStudy(ctx, studyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := rules.URLCounts{ExternalURL: "https://a.example", TotalAllocation: 10, Allocated: 6, CapacityIncrements: 2}
+	event := rules.Transition{Rule: rules.CapacityIncrease, State: rules.Event, ExternalURL: counts.ExternalURL,
+		At: t0.Add(time.Minute), Since: t0.Add(time.Minute), Counts: &counts, PreviousCapacityIncrements: 1}
+	_, err = s.RecordPoll(ctx, store.PollRecord{StudyID: studyA, Owner: "w1", At: t0.Add(time.Minute), Name: "Renamed", OK: true, StatusChecked: true},
 		func(p store.PollState) store.Evaluation {
 			next := p.State
-			next.URLs = []rules.URLCounts{{ExternalURL: "https://a.example", TotalAllocation: 1}}
-			return store.Evaluation{State: next, Transitions: []rules.Transition{fire}}
+			next.URLs = []rules.URLCounts{counts}
+			next.Status = "PAUSED"
+			next.ConsecutiveFailures = 0
+			next.StallSince = t0.Add(time.Minute)
+			return store.Evaluation{State: next, Transitions: []rules.Transition{event, fire},
+				NextPollAt: t0.Add(time.Hour), Note: "should not be stored"}
 		})
 	if err == nil {
 		t.Fatal("a duplicate open alert was accepted")
 	}
-	if got := countRows(t, dsn, "outbox"); got != 2 {
-		t.Errorf("outbox rows = %d after a failed poll transaction, want 2", got)
+	for table, want := range map[string]int{"outbox": 2, "observations": 0, "alerts": 1} {
+		if got := countRows(t, dsn, table); got != want {
+			t.Errorf("%s rows = %d after a failed poll transaction, want %d", table, got, want)
+		}
 	}
-	if got := countRows(t, dsn, "observations"); got != 0 {
-		t.Errorf("observations = %d after a failed poll transaction, want 0", got)
+	after, err := s.GetStudy(ctx, studyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(after, before) {
+		t.Errorf("study after the failed poll transaction = %+v\nwant it unchanged: %+v", after, before)
 	}
 }
 
