@@ -16,6 +16,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/rules"
+	"github.com/taskflow-watch/taskflow-watch/internal/store"
 	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
 
@@ -60,7 +61,7 @@ type Need struct {
 func Load(getenv func(string) string, need Need) (Config, error) {
 	r := reader{getenv: getenv}
 	c := Config{
-		DatabaseURL:             r.str("DATABASE_URL", "", need.Database),
+		DatabaseURL:             r.databaseURL("DATABASE_URL", need.Database),
 		ProlificToken:           r.token("PROLIFIC_TOKEN", need.Prolific),
 		ProlificAPIURL:          r.url("PROLIFIC_API_URL", DefaultProlificAPIURL),
 		ProlificWebhookSecret:   r.str("PROLIFIC_WEBHOOK_SECRET", "", false),
@@ -161,6 +162,23 @@ func (r *reader) secretURL(name string) string {
 	return v
 }
 
+// databaseURL checks the connection string as the store will parse it, so
+// a typo is reported with the other variables instead of at first use. The
+// value holds the password and is never echoed.
+func (r *reader) databaseURL(name string, required bool) string {
+	v := r.str(name, "", required)
+	if v == "" {
+		return ""
+	}
+	if _, err := store.ParseDatabaseURL(v); err != nil {
+		r.fail(name, "cannot be parsed (value not shown): %s", strings.TrimPrefix(err.Error(), "parsing DATABASE_URL (value not shown): "))
+	}
+	return v
+}
+
+// list reads comma-separated values. A variable that is set but names
+// nothing (" , ") is refused rather than read as unset: for an allow-list,
+// unset means everyone.
 func (r *reader) list(name string) []string {
 	var out []string
 	for part := range strings.SplitSeq(r.getenv(name), ",") {
@@ -168,13 +186,22 @@ func (r *reader) list(name string) []string {
 			out = append(out, part)
 		}
 	}
+	if len(out) == 0 && r.getenv(name) != "" {
+		r.fail(name, "is set but lists nothing; unset it to allow every team, or list team ids separated by commas")
+	}
 	return out
 }
 
+// schedule accepts a cron spec that fires: "0 0 30 2 *" (February 30th)
+// parses but never comes, and a poller given it would have no next tick.
 func (r *reader) schedule(name, def string) string {
 	v := r.str(name, def, false)
-	if _, err := cron.ParseStandard(v); err != nil {
+	s, err := cron.ParseStandard(v)
+	switch {
+	case err != nil:
 		r.fail(name, "is not a valid cron spec (e.g. \"*/5 * * * *\" or \"@every 1m\"): %v", err)
+	case s.Next(time.Now()).IsZero():
+		r.fail(name, "never fires (%q names no time that comes)", v)
 	}
 	return v
 }

@@ -136,6 +136,11 @@ func New(cfg Config, p Prolific, s Store) (*Poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing poll schedule %q: %w", cfg.Schedule, err)
 	}
+	// A spec that never fires (February 30th) has no next tick: Start
+	// would poll in a tight loop.
+	if schedule.Next(time.Now()).IsZero() {
+		return nil, fmt.Errorf("poll schedule %q never fires", cfg.Schedule)
+	}
 	cfg.Concurrency = cmp.Or(cfg.Concurrency, DefaultConcurrency)
 	if cfg.Concurrency < 1 {
 		return nil, fmt.Errorf("poll concurrency must be at least 1, got %d", cfg.Concurrency)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -10,13 +11,33 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// connConfig parses databaseURL as Open does (pgxpool), so that pool
-// settings in it (pool_max_conns, …) are understood by every connection the
-// store makes rather than sent to the server as unknown parameters.
-func connConfig(databaseURL string) (*pgx.ConnConfig, error) {
+// ParseDatabaseURL parses a connection string, a postgres:// URL or
+// keyword=value pairs with pgxpool's pool settings (pool_max_conns, …), the
+// way every connection of the store does. Its error never repeats the
+// string, which holds the password: pgx masks only an unquoted one
+// (password='a b' would show "b").
+func ParseDatabaseURL(databaseURL string) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("parsing DATABASE_URL: %w", err)
+		problem := "not a postgres:// URL or keyword=value connection string"
+		// pgconn writes "cannot parse `<connection string>`: <problem>".
+		if msg := err.Error(); strings.HasPrefix(msg, "cannot parse `") {
+			if i := strings.LastIndex(msg, "`: "); i >= 0 {
+				problem = msg[i+len("`: "):]
+			}
+		}
+		return nil, fmt.Errorf("parsing DATABASE_URL (value not shown): %s", problem)
+	}
+	return cfg, nil
+}
+
+// connConfig parses databaseURL as Open does, so that pool settings in it
+// are understood by every connection the store makes rather than sent to
+// the server as unknown parameters.
+func connConfig(databaseURL string) (*pgx.ConnConfig, error) {
+	cfg, err := ParseDatabaseURL(databaseURL)
+	if err != nil {
+		return nil, err
 	}
 	return cfg.ConnConfig, nil
 }
@@ -68,9 +89,13 @@ func DropSchema(ctx context.Context, databaseURL, schema string) error {
 // form, whose search_path is schema.
 func WithSearchPath(connString, schema string) (string, error) {
 	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		if _, err := ParseDatabaseURL(connString); err != nil {
+			return "", err
+		}
 		u, err := url.Parse(connString)
 		if err != nil {
-			return "", fmt.Errorf("parsing DATABASE_URL: %w", err)
+			// url.Error repeats the URL, password included.
+			return "", errors.New("parsing DATABASE_URL (value not shown): not a valid URL")
 		}
 		q := u.Query()
 		q.Set("search_path", schema)

@@ -25,9 +25,9 @@ type Store struct {
 // database to answer, so a worker can start while Postgres is still coming up;
 // Ping tells whether it is reachable.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+	cfg, err := ParseDatabaseURL(databaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("parsing DATABASE_URL: %w", err)
+		return nil, err
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
