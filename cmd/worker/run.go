@@ -27,7 +27,8 @@ const usage = `usage: worker [command]
 
 commands:
   serve                          poll, alert and serve HTTP (the default; applies migrations first)
-  migrate up|down|version        manage the database schema
+  migrate up|version             apply pending migrations, or show the schema version
+  migrate down --yes             revert the newest migration (deletes its tables and data)
   migrate force VERSION          mark VERSION as applied after repairing a failed migration by hand
   studies add <id|study URL> --channel C… [--stall-after 6h]
                                  watch a study (checked with Prolific first)
@@ -135,7 +136,12 @@ func migrateCmd(args []string, getenv func(string) string, stdout io.Writer) err
 	switch {
 	case len(args) == 1 && args[0] == "up":
 		st, err = m.Up()
-	case len(args) == 1 && args[0] == "down":
+	case len(args) >= 1 && args[0] == "down":
+		if len(args) != 2 || args[1] != "--yes" {
+			return errors.New("migrate down reverts the newest migration and deletes the tables it created with " +
+				"everything in them (at version 1: every study, watch, observation and alert); " +
+				"back the database up, stop the workers, then run `worker migrate down --yes`")
+		}
 		st, err = m.Down()
 	case len(args) == 1 && args[0] == "version":
 		st, err = m.Status()

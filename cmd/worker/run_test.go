@@ -311,7 +311,7 @@ func TestMigrateCommands(t *testing.T) {
 	}{
 		{[]string{"migrate", "version"}, "schema version 0 of 1"},
 		{[]string{"migrate", "up"}, "schema version 1 of 1"},
-		{[]string{"migrate", "down"}, "schema version 0 of 1"},
+		{[]string{"migrate", "down", "--yes"}, "schema version 0 of 1"},
 		{[]string{"migrate", "up"}, "schema version 1 of 1"},
 	}
 	for _, s := range steps {
@@ -319,6 +319,13 @@ func TestMigrateCommands(t *testing.T) {
 		if err != nil || !strings.Contains(out, s.want) {
 			t.Fatalf("%v = %q, %v; want %q", s.args, out, err, s.want)
 		}
+	}
+	// Without --yes, down deletes nothing: it says what it would delete.
+	if _, err := runCmd(t, env, "migrate", "down"); err == nil || !strings.Contains(err.Error(), "--yes") {
+		t.Errorf("migrate down without --yes = %v, want it refused", err)
+	}
+	if out, err := runCmd(t, env, "migrate", "version"); err != nil || !strings.Contains(out, "schema version 1 of 1") {
+		t.Errorf("after a refused migrate down: %q, %v; want version 1 of 1", out, err)
 	}
 	if _, err := runCmd(t, env, "migrate", "sideways"); !errors.Is(err, errUsage) {
 		t.Errorf("migrate sideways = %v, want a usage error", err)
