@@ -60,6 +60,14 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
+	release, err := store.LockSchema(ctx, cfg.DatabaseURL, *schema)
+	if errors.Is(err, store.ErrSchemaInUse) {
+		return fmt.Errorf("another demo is running with schema %s in this database; stop it, or give this one a schema of its own (--schema %s_2)", *schema, *schema)
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
 	if cfg.DatabaseURL, err = store.PrepareSchema(ctx, cfg.DatabaseURL, *schema, true); err != nil {
 		return err
 	}

@@ -100,6 +100,28 @@ func TestDemoScenario(t *testing.T) {
 	}
 }
 
+// A second demo on the schema another one is using is refused before it
+// drops anything.
+func TestDemoRefusesASchemaInUse(t *testing.T) {
+	t.Parallel()
+	base, schema := storetest.BaseURL(t), demoSchemaPrefix+"_"+storetest.SchemaName(t)
+	release, err := store.LockSchema(context.Background(), base, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runCmd(t, testEnv{"DATABASE_URL": base}, "demo", "--schema", schema, "--duration", "1s")
+	if err == nil || !strings.Contains(err.Error(), "another demo is running") {
+		t.Errorf("demo on a locked schema = %v, want it refused", err)
+	}
+	release()
+	// Released, the schema can be locked again.
+	again, err := store.LockSchema(context.Background(), base, schema)
+	if err != nil {
+		t.Fatalf("locking a released schema: %v", err)
+	}
+	again()
+}
+
 func TestDemoRefusesForeignSchemas(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{

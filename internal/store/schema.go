@@ -51,6 +51,32 @@ func connect(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// ErrSchemaInUse is returned by LockSchema when another process holds the schema.
+var ErrSchemaInUse = errors.New("schema is in use by another process")
+
+// LockSchema takes a session advisory lock named after schema on a
+// connection of its own, so that two processes that each recreate a schema
+// (two demos on one database) cannot drop it under each other. The lock
+// lasts until release is called or the process dies. It returns
+// ErrSchemaInUse when another session holds it.
+func LockSchema(ctx context.Context, databaseURL, schema string) (release func(), err error) {
+	conn, err := connect(ctx, databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to lock schema %s: %w", schema, err)
+	}
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('taskflow-watch schema ' || $1))`, schema).Scan(&locked); err != nil {
+		_ = conn.Close(ctx)
+		return nil, fmt.Errorf("locking schema %s: %w", schema, err)
+	}
+	if !locked {
+		_ = conn.Close(ctx)
+		return nil, fmt.Errorf("locking schema %s: %w", schema, ErrSchemaInUse)
+	}
+	// Closing the session releases the lock.
+	return func() { _ = conn.Close(context.Background()) }, nil
+}
+
 // PrepareSchema creates the named schema (dropping it first when fresh is
 // set) and returns databaseURL with its search_path pointing there, so a
 // demo or a test gets tables of its own inside a shared database.
