@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/app"
@@ -41,8 +42,13 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	schedule := flags.String("schedule", "@every 2s", "poll schedule for the demo")
 	schema := flags.String("schema", demoSchemaPrefix, "Postgres schema the demo recreates and uses (must start with "+demoSchemaPrefix+")")
 	channel := flags.String("channel", "demo", "Slack channel id the demo studies alert (with Slack variables set)")
-	if _, err := parseFlags(flags, args); err != nil {
+	if rest, err := parseFlags(flags, args); err != nil {
 		return err
+	} else if len(rest) > 0 {
+		return fmt.Errorf("%w: demo takes only flags, got %q", errUsage, rest)
+	}
+	if _, err := cron.ParseStandard(*schedule); err != nil {
+		return fmt.Errorf("%w: --schedule is not a cron spec (e.g. \"@every 2s\"): %w", errUsage, err)
 	}
 	// The demo drops and recreates its schema: never one the worker may be using.
 	if !demoSchema.MatchString(*schema) {

@@ -130,6 +130,8 @@ func TestDemoRefusesForeignSchemas(t *testing.T) {
 		{"--schema", `taskflow_demo"; select 1`}, // nor this
 		{"--step", "0s"},                         // the simulator needs a positive step
 		{"--stall-after", "-5s"},                 // and a positive threshold
+		{"--schedule", "nope"},                   // the poll schedule is a cron spec, named as the flag
+		{"extra"},                                // the demo takes no arguments
 	} {
 		_, err := runCmd(t, testEnv{"DATABASE_URL": "postgres://unused"}, append([]string{"demo"}, args...)...)
 		if !errors.Is(err, errUsage) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -47,10 +46,6 @@ Configuration is read from the environment; see README.md.
 
 // errUsage marks errors caused by how the command was called.
 var errUsage = errors.New("usage")
-
-// channelID is what a channel given on the command line may look like: a
-// Slack channel id, or a plain label when notifications go to stdout.
-var channelID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,80}$`)
 
 // run is the whole program: main only adds signals and the exit code.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -200,6 +195,22 @@ func studiesCmd(ctx context.Context, args []string, getenv func(string) string, 
 // arguments, as operators type them either way. -h lists the flags.
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
+	// The flag package keeps the last of a repeated flag; "--channel C1
+	// --channel C2" would watch in C2 alone without a word.
+	given := map[string]bool{}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || fs.Lookup(name) == nil {
+			continue
+		}
+		if given[name] {
+			return nil, fmt.Errorf("%w: %s: --%s given twice", errUsage, fs.Name(), name)
+		}
+		given[name] = true
+	}
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -236,7 +247,7 @@ func studiesAdd(ctx context.Context, cfg config.Config, args []string, stdout io
 	if len(pos) != 1 {
 		return fmt.Errorf("%w: studies add <study id or Prolific study URL> --channel C… [--stall-after 6h]", errUsage)
 	}
-	if !channelID.MatchString(*channel) {
+	if !store.ValidChannelID(*channel) {
 		return fmt.Errorf("%w: studies add needs --channel with a Slack channel id (letters, digits, - or _; e.g. C0123456789)", errUsage)
 	}
 	if stallAfter != 0 && (stallAfter < rules.MinStallAfter || stallAfter > rules.MaxStallAfter) {

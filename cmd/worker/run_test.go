@@ -92,6 +92,8 @@ func TestStudiesCommands(t *testing.T) {
 		{"unknown", []string{"studies", "add", "aaaaaaaaaaaaaaaaaaaaaaaa", "--channel", "C1"}, "not found", ""},
 		// A channel is required.
 		{"no channel", []string{"studies", "add", studyIdle}, "--channel", ""},
+		// One watch is one channel: a repeated --channel is refused, not half-used.
+		{"two channels", []string{"studies", "add", studyIdle, "--channel", "C1", "--channel=C2"}, "--channel given twice", ""},
 		// A study URL works as well as an id and shows current progress.
 		{"add by URL", []string{"studies", "add", "https://app.prolific.com/researcher/workspaces/studies/" + studyIdle + "/submissions", "--channel", "C1", "--stall-after", "2h"}, "", "now watching study " + studyIdle},
 		// Adding again is idempotent; --stall-after takes days as the slash command does.

@@ -255,7 +255,8 @@ func (h *Handler) Execute(ctx context.Context, sc slack.SlashCommand) Reply {
 		return textReply("This Slack workspace is not allowed to use taskflow-watch. " +
 			"Ask the person who runs it to add team `" + escape(sc.TeamID) + "` to SLACK_ALLOWED_TEAMS.")
 	}
-	if sc.ChannelID == "" {
+	if !store.ValidChannelID(sc.ChannelID) {
+		log.Warn("slack command refused: no usable channel id")
 		return textReply("I can't tell which channel this command came from, so I can't answer it.")
 	}
 	name := commandName(sc.Command)

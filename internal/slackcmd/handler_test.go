@@ -900,3 +900,22 @@ func TestNewValidates(t *testing.T) {
 
 // storeStub satisfies slackcmd.Store for configuration checks only.
 type storeStub struct{ slackcmd.Store }
+
+// A signed command whose channel_id is not a channel id (Slack never sends
+// one) is answered without touching anything, so no such watch can exist.
+func TestCommandFromAnUnusableChannelChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOptions{})
+	b.addStudy(t, studyID, studyName)
+	for _, ch := range []string{"", "../../etc<x>", strings.Repeat("C", 81)} {
+		values := form("watch " + studyID)
+		values.Set("channel_id", ch)
+		mustContain(t, b.commandAs(t, values), "can't tell which channel")
+	}
+	if n := len(b.studies(t)); n != 0 {
+		t.Fatalf("%d studies stored from commands without a usable channel", n)
+	}
+	if n := b.fake.TotalRequests(); n != 0 {
+		t.Fatalf("Prolific asked %d times", n)
+	}
+}

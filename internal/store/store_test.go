@@ -155,6 +155,20 @@ func TestAddWatchIsIdempotentAndUpdatesStallAfter(t *testing.T) {
 	}
 }
 
+func TestAddWatchRefusesAChannelThatIsNoChannelID(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	for _, ch := range []string{"", "../../etc<x>", "C1 C2", strings.Repeat("C", 81)} {
+		_, err := s.AddWatch(context.Background(), store.StudyInfo{ID: studyA}, store.Watch{ChannelID: ch}, t0)
+		if !errors.Is(err, store.ErrInvalidChannel) {
+			t.Errorf("AddWatch in channel %q = %v, want ErrInvalidChannel", ch, err)
+		}
+	}
+	if studies, err := s.Studies(context.Background(), ""); err != nil || len(studies) != 0 {
+		t.Fatalf("studies = %v, %v; want none stored", studies, err)
+	}
+}
+
 func TestRemoveWatch(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)

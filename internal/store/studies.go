@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +18,18 @@ type StudyInfo struct {
 	Name   string
 	Status string
 }
+
+// channelIDPattern is what a watch's channel may be: a Slack channel id
+// (C0123456789), or a plain label such as the demo's "demo" when
+// notifications go to stdout. Nothing else reaches the outbox or logs.
+var channelIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,80}$`)
+
+// ValidChannelID reports whether id may be a watch's channel.
+func ValidChannelID(id string) bool { return channelIDPattern.MatchString(id) }
+
+// ErrInvalidChannel is returned by AddWatch for a channel id that
+// ValidChannelID refuses.
+var ErrInvalidChannel = errors.New("not a Slack channel id")
 
 // Watch is one Slack channel's subscription to a study.
 type Watch struct {
@@ -52,6 +66,9 @@ type Study struct {
 // status of a known study is left to the poller, which feeds it to the rules
 // (a change into ACTIVE restarts the stall clock).
 func (s *Store) AddWatch(ctx context.Context, info StudyInfo, w Watch, now time.Time) (created bool, err error) {
+	if !ValidChannelID(w.ChannelID) {
+		return false, fmt.Errorf("adding watch of study %s: channel %q: %w", info.ID, w.ChannelID, ErrInvalidChannel)
+	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `
 			INSERT INTO studies (id, name, status, created_at, next_poll_at, poll_requested)
