@@ -67,6 +67,18 @@ func (m *Migrator) open() (*migrate.Migrate, func(), error) {
 		return nil, nil, err
 	}
 	db := stdlib.OpenDB(*cc)
+	// golang-migrate keeps its table in the current schema; with a
+	// search_path naming no existing schema, it fails with an unreadable
+	// scan error about a NULL current_schema.
+	var schema sql.NullString
+	if err := db.QueryRow(`SELECT current_schema()`).Scan(&schema); err != nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("connecting for migrations: %w", err)
+	}
+	if !schema.Valid {
+		db.Close()
+		return nil, nil, errors.New("the search_path of DATABASE_URL names no schema that exists: create the schema (CREATE SCHEMA …) or fix search_path")
+	}
 	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{})
 	if err != nil {
 		db.Close()

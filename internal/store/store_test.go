@@ -89,6 +89,18 @@ func TestMigrations(t *testing.T) {
 	}
 }
 
+// A search_path naming a schema that does not exist gets an error that says so.
+func TestMigrationsNameAMissingSchema(t *testing.T) {
+	t.Parallel()
+	dsn, err := store.WithSearchPath(storetest.BaseURL(t), "taskflow_no_such_schema_"+storetest.SchemaName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.NewMigrator(dsn).Up(); err == nil || !strings.Contains(err.Error(), "names no schema that exists") {
+		t.Fatalf("Up with a missing schema = %v, want it named", err)
+	}
+}
+
 func TestMigrationsRefuseDirtyAndNewerSchemas(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
