@@ -85,7 +85,10 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	sim := prolifictest.New(demoToken)
 	sim.Start()
 	defer sim.Close()
-	scenario := simulator.New(sim, logger)
+	started := time.Now()
+	scenario := simulator.New(sim, logger, func(event string) {
+		fmt.Fprintf(stderr, "[%6s] %s\n", time.Since(started).Round(time.Second), event)
+	})
 
 	client, err := prolific.New(prolific.Config{BaseURL: sim.URL(), Token: demoToken})
 	if err != nil {

@@ -95,6 +95,9 @@ func TestDemoScenario(t *testing.T) {
 	if err != nil || st.Status != prolific.StatusCompleted || !strings.Contains(st.PollNote, "COMPLETED") {
 		t.Errorf("completed study = %+v, %v; want COMPLETED from the status webhook with a polling note", st, err)
 	}
+	if !strings.Contains(stderr.String(), "short task (completes) is full and COMPLETED") {
+		t.Errorf("demo did not say when the study completed:\n%s", stderr.String())
+	}
 	if !strings.Contains(stderr.String(), "where the demo studies ended up") {
 		t.Errorf("demo did not print its summary:\n%s", stderr.String())
 	}

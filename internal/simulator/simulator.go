@@ -24,7 +24,8 @@ const (
 	// within that capacity: capacity_increase events and an over_allocation
 	// reported as within capacity.
 	ScreenOuts = "5e1d0a000000000000000002"
-	// Stalls stops recruiting, then moves again: stalled fires and resolves.
+	// Stalls stops recruiting, then moves again: stalled fires and resolves;
+	// once its second URL is full it stalls again.
 	Stalls = "5e1d0a000000000000000003"
 	// Completes fills up and completes; Prolific's status webhook tells the
 	// worker, which then polls it only hourly.
@@ -54,15 +55,19 @@ func Studies() []Study {
 
 // Scenario advances the scripted studies one step at a time.
 type Scenario struct {
-	server *prolifictest.Server
-	log    *slog.Logger
+	server  *prolifictest.Server
+	log     *slog.Logger
+	narrate func(string)
 
 	mu   sync.Mutex
 	step int
 }
 
-// New loads the studies' starting state into server.
-func New(server *prolifictest.Server, log *slog.Logger) *Scenario {
+// New loads the studies' starting state into server. narrate, when not
+// nil, hears each turning point of the script that raises no alert of its
+// own (recruitment resuming, a URL filling, a study completing), so a demo
+// can say why the alerts that follow come.
+func New(server *prolifictest.Server, log *slog.Logger, narrate func(string)) *Scenario {
 	names := map[string]string{}
 	for _, st := range Studies() {
 		names[st.ID] = st.Name
@@ -81,7 +86,10 @@ func New(server *prolifictest.Server, log *slog.Logger) *Scenario {
 	server.SetStudy(prolifictest.Study{ID: Completes, Name: names[Completes], URLs: []rules.URLCounts{
 		{ExternalURL: "https://task.example.org/short", TotalAllocation: 10, Allocated: 2},
 	}})
-	return &Scenario{server: server, log: log}
+	if narrate == nil {
+		narrate = func(string) {}
+	}
+	return &Scenario{server: server, log: log, narrate: narrate}
 }
 
 // Run advances the scenario every interval until ctx is done.
@@ -127,13 +135,22 @@ func (s *Scenario) Step(ctx context.Context) {
 			u.Allocated++
 		}
 	})
-	// Nothing moves until stallResumesAt; then day 2 recruits again.
+	// Nothing moves until stallResumesAt; then day 2 recruits again until
+	// it is full, and the study stalls again (day 1 still has room).
+	if step == stallResumesAt {
+		s.narrate("Demo: diary study (stalls) recruits again on day-2")
+	}
 	if step >= stallResumesAt {
+		filled := false
 		s.server.UpdateStudy(Stalls, func(st *prolifictest.Study) {
 			if u := &st.URLs[1]; u.Allocated < u.TotalAllocation {
 				u.Allocated++
+				filled = u.Allocated == u.TotalAllocation
 			}
 		})
+		if filled {
+			s.narrate("Demo: diary study (stalls) has filled day-2 and stops recruiting again; day-1 still has room, so it will stall again")
+		}
 	}
 	// Two per step until full, then COMPLETED, announced by webhook.
 	s.server.UpdateStudy(Completes, func(st *prolifictest.Study) {
@@ -142,6 +159,7 @@ func (s *Scenario) Step(ctx context.Context) {
 		}
 	})
 	if step == completesAt {
+		s.narrate("Demo: short task (completes) is full and COMPLETED; Prolific's status webhook tells the worker, which now polls it hourly")
 		s.server.SetStatus(Completes, prolific.StatusCompleted)
 		for _, d := range s.server.Emit(ctx, prolific.EventStudyStatusChange, Completes, prolific.StatusCompleted) {
 			if d.Err != nil || d.StatusCode >= 300 {
