@@ -235,13 +235,19 @@ func (p *Poller) RunOnce(ctx context.Context, tick time.Time) CycleStats {
 }
 
 // runCycle is RunOnce with the time polled studies are due again. Until its
-// last poll is recorded, it claims again whenever a poll ends or a Trigger
-// arrives (a webhook, a new watch), so such a study is polled within a
-// second even while the cycle's last slow polls run, and even when the
-// webhook landed during the study's own poll (RecordPoll then leaves it
-// requested).
+// last poll is recorded, or the next tick comes, it claims again whenever a
+// poll ends or a Trigger arrives (a webhook, a new watch), so such a study
+// is polled within a second even while the cycle's last slow polls run,
+// and even when the webhook landed during the study's own poll (RecordPoll
+// then leaves it requested).
 func (p *Poller) runCycle(ctx context.Context, tick, next time.Time) CycleStats {
 	stats := CycleStats{Tick: tick}
+	// A triggered cycle that starts once the schedule's pending tick has
+	// passed must not date its polls at or before its own tick: they would
+	// be due again at once, and every poll that ends would claim them anew.
+	if !next.After(tick) {
+		next = p.schedule.Next(tick)
+	}
 	// Cycles never overlap, so no poll of this poller is in flight here.
 	p.releaseLeftovers()
 	var (
@@ -252,8 +258,27 @@ func (p *Poller) runCycle(ctx context.Context, tick, next time.Time) CycleStats 
 		// finished wakes the loop below when a poll ends; it needs no more
 		// than one pending signal, since the loop re-reads inFlight.
 		finished = make(chan struct{}, 1)
+		// claiming stops once the next tick has come: Start runs that
+		// tick, and a study re-requested during each of its polls cannot
+		// hold the cycle open and every other study off its schedule.
+		claiming = true
 	)
 	for ctx.Err() == nil {
+		if !claiming {
+			// Only the polls in flight remain; a trigger is left for Start.
+			if inFlight.Load() == 0 {
+				break
+			}
+			select {
+			case <-finished:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		// Read before claiming: a poll that ends after this read, leaving
+		// a webhook's request on its study, also leaves a token in
+		// finished, so the loop claims once more instead of ending.
+		idle := inFlight.Load() == 0
 		claimed, err := p.store.ClaimDueStudies(ctx, p.cfg.Owner, tick, p.cfg.Now(), p.cfg.Lease, p.cfg.Concurrency)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -294,8 +319,12 @@ func (p *Poller) runCycle(ctx context.Context, tick, next time.Time) CycleStats 
 		if len(claimed) == p.cfg.Concurrency {
 			continue
 		}
-		if inFlight.Load() == 0 {
+		if idle && len(claimed) == 0 {
 			break
+		}
+		if !p.cfg.Now().Before(next) {
+			claiming = false
+			continue
 		}
 		select {
 		case <-p.kick:

@@ -167,6 +167,31 @@ func TestAddWatchIsIdempotentAndUpdatesStallAfter(t *testing.T) {
 	}
 }
 
+// A study watched again (from another channel, or with a new stall=) is
+// requested: a running cycle, which claims only what was due by its tick
+// and what was requested, takes it at once.
+func TestWatchingAgainRequestsAPoll(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	ctx := context.Background()
+	info := store.StudyInfo{ID: studyA}
+	if _, err := s.AddWatch(ctx, info, store.Watch{ChannelID: "C1"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	storetest.RecordPoll(t, s, store.PollRecord{StudyID: studyA, At: t0, OK: true}, func(p store.PollState) store.Evaluation {
+		return store.Evaluation{State: p.State, NextPollAt: t0.Add(time.Hour)}
+	})
+	at := t0.Add(time.Minute)
+	if _, err := s.AddWatch(ctx, info, store.Watch{ChannelID: "C2"}, at); err != nil {
+		t.Fatal(err)
+	}
+	// The cycle's tick was t0: by its tick alone the study is not due.
+	claimed, err := s.ClaimDueStudies(ctx, "w1", t0, at, time.Minute, 8)
+	if err != nil || len(claimed) != 1 || claimed[0].ID != studyA {
+		t.Fatalf("claim after a second watch = %v, %v; want the study", claimed, err)
+	}
+}
+
 func TestAddWatchRefusesAChannelThatIsNoChannelID(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)

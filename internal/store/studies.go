@@ -60,8 +60,10 @@ type Study struct {
 }
 
 // AddWatch registers channel's watch of a study, creating the study if it is
-// new. Either way the study becomes due at once; a new one is also marked
-// requested, so that a running cycle takes it too (see ClaimDueStudies). Watching again updates the
+// new. Either way the study is requested as a webhook requests it
+// (PollSoon): due at once, taken by a running cycle too (see
+// ClaimDueStudies), except that a study whose polls are failing keeps its
+// back-off. Watching again updates the
 // stall-after override and who added it, and reports created=false. The
 // status of a known study is left to the poller, which feeds it to the rules
 // (a change into ACTIVE restarts the stall clock).
@@ -71,14 +73,16 @@ func (s *Store) AddWatch(ctx context.Context, info StudyInfo, w Watch, now time.
 	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `
-			INSERT INTO studies (id, name, status, created_at, next_poll_at, poll_requested)
-			VALUES ($1, $2, $3, $4, $4, true)
+			INSERT INTO studies (id, name, status, created_at, next_poll_at)
+			VALUES ($1, $2, $3, $4, $4)
 			ON CONFLICT (id) DO UPDATE
-			SET name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE studies.name END,
-			    next_poll_at = LEAST(studies.next_poll_at, EXCLUDED.next_poll_at)`,
+			SET name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE studies.name END`,
 			info.ID, info.Name, info.Status, now)
 		if err != nil {
 			return fmt.Errorf("upserting study: %w", err)
+		}
+		if _, err := schedulePoll(ctx, tx, info.ID, "", now); err != nil {
+			return err
 		}
 		err = tx.QueryRow(ctx, `
 			INSERT INTO watches (study_id, channel_id, team_id, added_by, created_at, updated_at, stall_after_seconds)
