@@ -133,9 +133,9 @@ func migrateCmd(args []string, getenv func(string) string, stdout io.Writer) err
 		st, err = m.Up()
 	case len(args) >= 1 && args[0] == "down":
 		if len(args) != 2 || args[1] != "--yes" {
-			return errors.New("migrate down reverts the newest migration and deletes the tables it created with " +
-				"everything in them (at version 1: every study, watch, observation and alert); " +
-				"back the database up, stop the workers, then run `worker migrate down --yes`")
+			return fmt.Errorf("%w: migrate down reverts the newest migration and deletes the tables it created with "+
+				"everything in them (at version 1: every study, watch, observation and alert); "+
+				"back the database up, stop the workers, then run `worker migrate down --yes`", errUsage)
 		}
 		st, err = m.Down()
 	case len(args) == 1 && args[0] == "version":

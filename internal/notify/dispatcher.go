@@ -138,8 +138,10 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		claimed := 0
 		if free > 0 {
 			for _, m := range d.claim(ctx, free) {
+				claimed++
 				free--
 				inFlight.Go(func() {
 					// A claimed message is finished even during shutdown: the
@@ -149,11 +151,11 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 				})
 			}
 		}
-		// While sends are in flight, a channel's next message is due one
-		// Pace after its last claim: look again then rather than at the
-		// next Interval.
+		// After a claim, or while sends are in flight, a channel's next
+		// message is due one Pace after its last claim: look again then
+		// rather than at the next Interval.
 		wait := d.cfg.Interval
-		if free < d.cfg.Batch {
+		if claimed > 0 || free < d.cfg.Batch {
 			wait = d.cfg.Pace
 		}
 		timer.Reset(wait)

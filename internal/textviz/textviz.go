@@ -179,7 +179,10 @@ func Truncate(s string, n int) string {
 			break
 		}
 		used += unitsOf(r)
-		end = i + utf8.RuneLen(r)
+		// The rune's own width in s: an invalid byte decodes as U+FFFD,
+		// whose UTF-8 form is three bytes, but takes one.
+		_, size := utf8.DecodeRuneInString(s[i:])
+		end = i + size
 	}
 	return s[:end] + "…"
 }

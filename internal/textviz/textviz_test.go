@@ -137,6 +137,7 @@ func TestTruncate(t *testing.T) {
 		{name: "no half emoji", s: "🙂🙂🙂🙂", n: 2, want: "…"},         // Half a surrogate pair is never kept.
 		{name: "emoji fits exactly", s: "🔴 ab", n: 5, want: "🔴 ab"}, // 2 + 1 + 2 units.
 		{name: "zero", s: "abc", n: 0, want: ""},                    // Nothing fits.
+		{name: "invalid byte", s: "a\xffbcd", n: 3, want: "a\xff…"}, // An invalid byte is one unit and one byte.
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
