@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/taskflow-watch/taskflow-watch/internal/textviz"
 )
@@ -83,6 +84,8 @@ type Request struct {
 	Status int
 	// Error is the Slack error code answered, "" on success.
 	Error string
+	// At is when the fake answered (or, for a hang, took) the request.
+	At time.Time
 }
 
 // Fault is a failure the fake answers instead of handling a request.
@@ -298,8 +301,14 @@ func (s *Server) notifyLocked() {
 func (s *Server) record(r Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests = append(s.requests, r)
+	s.recordLocked(r)
 	s.notifyLocked()
+}
+
+// recordLocked notes a request with the time it was answered. Callers hold s.mu.
+func (s *Server) recordLocked(r Request) {
+	r.At = time.Now()
+	s.requests = append(s.requests, r)
 }
 
 // takeFault returns the fault due for a request to channel, if any.
@@ -464,7 +473,7 @@ func (s *Server) postMessage(w http.ResponseWriter, req Request, p params) {
 	m.TS = fmt.Sprintf("%d.%06d", 1700000000+micros/1_000_000, micros%1_000_000)
 	s.messages = append(s.messages, m)
 	s.current[m.TS] = m
-	s.requests = append(s.requests, Request{Method: req.Method, Channel: req.Channel, Status: http.StatusOK})
+	s.recordLocked(Request{Method: req.Method, Channel: req.Channel, Status: http.StatusOK})
 	s.notifyLocked()
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -495,7 +504,7 @@ func (s *Server) update(w http.ResponseWriter, req Request, p params) {
 	cur.Text, cur.Blocks, cur.Metadata = m.Text, m.Blocks, m.Metadata
 	s.current[m.TS] = cur
 	s.updates = append(s.updates, m)
-	s.requests = append(s.requests, Request{Method: req.Method, Channel: req.Channel, Status: http.StatusOK})
+	s.recordLocked(Request{Method: req.Method, Channel: req.Channel, Status: http.StatusOK})
 	s.notifyLocked()
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -634,7 +643,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.webhooks = append(s.webhooks, WebhookPost{Text: payload.Text, Blocks: payload.Blocks, Body: body})
-	s.requests = append(s.requests, Request{Method: req.Method, Status: http.StatusOK})
+	s.recordLocked(Request{Method: req.Method, Status: http.StatusOK})
 	s.notifyLocked()
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "text/html")
